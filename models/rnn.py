@@ -1,0 +1,264 @@
+"""Session recurrent network (GRU4Rec-style), readable top to bottom.
+
+Why it is written out by hand instead of wrapping ``nn.GRU``:
+the stream worker needs a *pure* single-click ``step`` over a flat state, and
+the trainer needs to feed the first layer with rows gathered from a large item
+table (so that only the rows touched in a mini-batch are updated).  Writing
+the three cell types as plain tensor maths gives both with one code path, so
+``step`` and ``forward_sequence`` cannot drift apart.
+
+Shapes: B = batch, T = time, N = number of items, H = hidden units of a layer,
+E = width of the input item vector, G = gates per cell (GRU 3, LSTM 4, RNN 1),
+S = ``state_size`` (sum of H over layers, twice for LSTM because of c).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+CELLS: dict[str, int] = {"gru": 3, "lstm": 4, "rnn": 1}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in the checkpoint as a dict.
+
+    ``embedding=0`` means "one-hot equivalent": each item owns a row of the
+    first layer's input-to-gates matrix directly (no separate embedding), the
+    setting GRU4Rec reports as best on some data.  ``constrained=True`` ties
+    the input embedding to the output item embedding (width = last hidden).
+    """
+
+    n_items: int
+    hidden: int = 100
+    layers: int = 1
+    cell: str = "gru"
+    embedding: int = 0
+    constrained: bool = False
+    output_bias: bool = True
+    dropout_emb: float = 0.0
+    dropout_hidden: float = 0.0
+    elu: float = 0.0  # >0: ELU(alpha=elu) on the final hidden output before scoring
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; expected one of {sorted(CELLS)}")
+        if self.n_items < 1 or self.hidden < 1 or self.layers < 1 or self.embedding < 0:
+            raise ValueError(f"invalid model sizes in {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-able) for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Rebuild from ``to_dict``; unknown keys are an error so stale files fail loudly."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _uniform_(t: Tensor, fan_in: int, fan_out: int) -> None:
+    """Glorot-uniform init, the scale GRU4Rec uses for every weight matrix."""
+    s = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        t.uniform_(-s, s)
+
+
+class RecurrentLayer(nn.Module):
+    """One GRU / LSTM / plain-RNN layer in PyTorch's gate order.
+
+    ``w_ih`` is None for a first layer in one-hot mode: its input already *is*
+    the gate pre-activation (a row of the item table).
+    """
+
+    def __init__(self, cell: str, n_in: int | None, hidden: int) -> None:
+        super().__init__()
+        self.cell = cell
+        self.hidden = hidden
+        g = CELLS[cell] * hidden
+        self.w_ih = nn.Parameter(torch.empty(g, n_in)) if n_in is not None else None  # (G*H, E)
+        self.w_hh = nn.Parameter(torch.empty(g, hidden))  # (G*H, H)
+        self.b_ih = nn.Parameter(torch.zeros(g))  # (G*H,)
+        self.b_hh = nn.Parameter(torch.zeros(g))  # (G*H,)
+        if self.w_ih is not None:
+            for k in range(CELLS[cell]):
+                _uniform_(self.w_ih.data[k * hidden:(k + 1) * hidden], n_in, hidden)  # type: ignore[arg-type]
+        for k in range(CELLS[cell]):
+            _uniform_(self.w_hh.data[k * hidden:(k + 1) * hidden], hidden, hidden)
+        if cell == "lstm":  # forget-gate bias 1: the usual trick for stable early training
+            with torch.no_grad():
+                self.b_ih[hidden:2 * hidden].fill_(1.0)
+
+    @property
+    def state_size(self) -> int:
+        """Floats of recurrent state this layer keeps (LSTM keeps h and c)."""
+        return 2 * self.hidden if self.cell == "lstm" else self.hidden
+
+    def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Advance one click. Returns (new layer state (B, S_l), output h (B, H)); inputs untouched."""
+        H = self.hidden
+        gx = x if self.w_ih is None else x @ self.w_ih.t()  # (B, G*H)
+        if self.cell == "gru":
+            h = state  # (B, H)
+            gh = torch.addmm(self.b_hh, h, self.w_hh.t())  # (B, 3H)
+            gx = gx + self.b_ih  # (B, 3H)
+            r = torch.sigmoid(gx[:, :H] + gh[:, :H])  # (B, H)
+            z = torch.sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])  # (B, H)
+            n = torch.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])  # (B, H)
+            h_new = n + z * (h - n)  # (B, H)  == (1-z)*n + z*h
+            return h_new, h_new
+        if self.cell == "lstm":
+            h, c = state[:, :H], state[:, H:]  # (B, H), (B, H)
+            g = gx + self.b_ih + torch.addmm(self.b_hh, h, self.w_hh.t())  # (B, 4H)
+            i = torch.sigmoid(g[:, :H])  # (B, H)
+            f = torch.sigmoid(g[:, H:2 * H])  # (B, H)
+            cc = torch.tanh(g[:, 2 * H:3 * H])  # (B, H)
+            o = torch.sigmoid(g[:, 3 * H:])  # (B, H)
+            c_new = f * c + i * cc  # (B, H)
+            h_new = o * torch.tanh(c_new)  # (B, H)
+            return torch.cat([h_new, c_new], dim=1), h_new  # (B, 2H), (B, H)
+        h_new = torch.tanh(gx + self.b_ih + torch.addmm(self.b_hh, state, self.w_hh.t()))  # (B, H)
+        return h_new, h_new
+
+
+class SessionRNN(nn.Module):
+    """Item -> input vector -> recurrent layers -> scores against output item embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        g0 = CELLS[c.cell] * c.hidden
+        # Output item embedding (N, H) and bias (N,): the big tables, trained sparsely.
+        self.out_emb = nn.Parameter(torch.empty(c.n_items, c.hidden))  # (N, H)
+        _uniform_(self.out_emb, c.n_items, c.hidden)
+        self.out_bias = nn.Parameter(torch.zeros(c.n_items)) if c.output_bias else None  # (N,)
+        # Input table: none when tied to the output, (N, E) with an embedding, (N, G*H) one-hot-like.
+        if c.constrained:
+            self.in_emb = None
+            n_in: int | None = c.hidden
+        elif c.embedding > 0:
+            self.in_emb = nn.Parameter(torch.empty(c.n_items, c.embedding))  # (N, E)
+            _uniform_(self.in_emb, c.n_items, c.embedding)
+            n_in = c.embedding
+        else:
+            self.in_emb = nn.Parameter(torch.empty(c.n_items, g0))  # (N, G*H)
+            _uniform_(self.in_emb, c.n_items, g0)
+            n_in = None
+        self.layers = nn.ModuleList(
+            [RecurrentLayer(c.cell, n_in if i == 0 else c.hidden, c.hidden) for i in range(c.layers)]
+        )
+        self.drop_emb = nn.Dropout(c.dropout_emb)
+        self.drop_hidden = nn.Dropout(c.dropout_hidden)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def state_size(self) -> int:
+        """Floats in the flat per-session state: layers' states concatenated."""
+        return sum(layer.state_size for layer in self.layers)
+
+    def zero_state(self, batch: int) -> Tensor:
+        """Fresh session state (B, S) of float32 zeros."""
+        return torch.zeros(batch, self.state_size, dtype=torch.float32, device=self.out_emb.device)
+
+    # ----------------------------------------------------------------- pieces
+    def input_table(self) -> Tensor:
+        """The (N, E) table whose rows feed the first layer (the output table when constrained)."""
+        return self.out_emb if self.in_emb is None else self.in_emb
+
+    def advance(self, state: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Run all layers for one click from input vectors x (B, E). Returns (state (B,S), top h (B,H)).
+
+        Dropout between layers applies to the layer *outputs* only; the kept
+        recurrent state is never dropped, so eval/train states mean the same.
+        """
+        new_parts: list[Tensor] = []
+        offset = 0
+        h = x  # (B, E)
+        for i, layer in enumerate(self.layers):
+            s_l = state[:, offset:offset + layer.state_size]  # (B, S_l)
+            offset += layer.state_size
+            s_new, h = layer(h if i == 0 else self.drop_hidden(h), s_l)  # (B, S_l), (B, H)
+            new_parts.append(s_new)
+        new_state = new_parts[0] if len(new_parts) == 1 else torch.cat(new_parts, dim=1)  # (B, S)
+        return new_state, h
+
+    def output_vector(self, state: Tensor) -> Tensor:
+        """Top-layer h of a state (B, S) -> the (B, H) vector that is scored (ELU if configured)."""
+        last = self.layers[-1]
+        start = self.state_size - last.state_size
+        h = state[:, start:start + last.hidden]  # (B, H)
+        return self.final(h)
+
+    def final(self, h: Tensor) -> Tensor:
+        """Optional ELU on the scored vector; linear by default (GRU4Rec's best setting)."""
+        return nn.functional.elu(h, alpha=self.config.elu) if self.config.elu > 0 else h  # (B, H)
+
+    # ----------------------------------------------------------------- public API
+    def score(self, state: Tensor) -> Tensor:
+        """Scores (B, N) of every item as the next click given states (B, S)."""
+        h = self.output_vector(state)  # (B, H)
+        if self.out_bias is None:
+            return h @ self.out_emb.t()  # (B, N)
+        return torch.addmm(self.out_bias, h, self.out_emb.t())  # (B, N)
+
+    def step(self, state: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """One click per row: (state (B,S), items (B,)) -> (new state (B,S), next-item scores (B,N)). Pure."""
+        x = self.drop_emb(self.input_table()[items])  # (B, E)
+        new_state, h = self.advance(state, x)  # (B, S), (B, H)
+        h = self.final(self.drop_hidden(h))  # (B, H)
+        scores = h @ self.out_emb.t() if self.out_bias is None else torch.addmm(self.out_bias, h, self.out_emb.t())  # (B, N)
+        return new_state, scores
+
+    def forward_sequence(self, items: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Whole sequences (T, B) -> (states (T, B, S), scores (T, B, N)); state defaults to zeros."""
+        T, B = items.shape
+        s = self.zero_state(B) if state is None else state  # (B, S)
+        xs = self.drop_emb(self.input_table()[items])  # (T, B, E)
+        states: list[Tensor] = []
+        outs: list[Tensor] = []
+        for t in range(T):
+            s, h = self.advance(s, xs[t])  # (B, S), (B, H)
+            states.append(s)
+            outs.append(h)
+        hs = self.final(self.drop_hidden(torch.stack(outs)))  # (T, B, H)
+        scores = hs @ self.out_emb.t()  # (T, B, N)
+        if self.out_bias is not None:
+            scores = scores + self.out_bias  # (T, B, N)
+        return torch.stack(states), scores
+
+    def forward(self, items: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Alias of ``forward_sequence`` so the module is callable."""
+        return self.forward_sequence(items, state)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The per-item tables (updated row-wise in training)."""
+        out = [self.out_emb]
+        if self.out_bias is not None:
+            out.append(self.out_bias)
+        if self.in_emb is not None:
+            out.append(self.in_emb)
+        return out
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Everything else (recurrent weights and biases)."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+
+def build_model(config: ModelConfig, seed: int | None = None) -> SessionRNN:
+    """Construct a model, seeding the init when asked (reproducible training)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SessionRNN(config)
+
+
+__all__ = ["CELLS", "ModelConfig", "RecurrentLayer", "SessionRNN", "build_model"]

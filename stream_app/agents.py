@@ -1,0 +1,220 @@
+"""The thin imperative shell: read state, call the core, write state, send; plus timers and pages."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+from faust.streams import _current_event
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream_app.app import Wiring
+from stream_app.errors import InvalidClick
+from stream_app.metrics import Metrics
+from stream_app.recommender import Incoming, Recommender
+from stream_app.records import (
+    DEAD_LETTER_DETAIL_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_SOURCE_HEADER,
+    Source,
+)
+from stream_app.settings import Settings
+from stream_app.state import StateDecodeError, decode
+from stream_app.validate import decode_click
+
+
+def set_current_event(event: Any) -> None:
+    """Make ``event`` current for table reads and writes in this task only.
+
+    Only the context variable: ``Stream._set_current_event`` also sets
+    ``stream.current_event``, which the take buffer reads from another task, so
+    it would buffer one event twice and lose the next.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+class Shell:
+    """Owns the per-batch I/O around ``Recommender.process`` and the worker's health."""
+
+    def __init__(self, wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> None:
+        self.w = wiring
+        self.rec = recommender
+        self.m = metrics
+        self.s = settings
+        self.last_offsets: dict[int, int] = {}
+        self.last_click_ts = 0.0
+        self._rebalance_started: float | None = None
+
+    # -- the per-batch path --------------------------------------------------
+
+    async def dead_letter(self, event: Any, error: InvalidClick) -> None:
+        """Original bytes to the dead-letter topic, the reason in headers; never raises on input."""
+        msg = event.message
+        headers = [
+            (DEAD_LETTER_REASON_HEADER, error.reason.encode()),
+            (DEAD_LETTER_DETAIL_HEADER, error.detail.encode("utf-8", "replace")[:512]),
+            (DEAD_LETTER_SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
+        ]
+        value = msg.value if isinstance(msg.value, (bytes, type(None))) else bytes(msg.value)
+        await self.w.dead_letter.send(key=msg.key, value=value, headers=headers)
+        self.m.dead_letters.labels(error.reason).inc()
+
+    async def handle(self, stream: Any, events: list[Any]) -> None:
+        """One micro-batch: validate, one core call, then per event: write state, send list."""
+        started = time.perf_counter()
+        now = time.time()
+        w = self.s.worker
+        valid: list[tuple[Any, Incoming]] = []
+        self.m.clicks.inc(len(events))
+        self.m.batch_size.observe(len(events))
+        for event in events:
+            msg = event.message
+            self.last_offsets[msg.partition] = msg.offset
+            try:
+                click = decode_click(event.value, event.key, max_bytes=w.max_event_bytes, now=now,
+                                     max_future_skew_s=w.max_future_skew_s)
+            except InvalidClick as error:
+                await self.dead_letter(event, error)
+                continue
+            set_current_event(event)  # the RocksDB store reads from the current event's partition too
+            blob = self.w.table.get(event.key)
+            source = Source(msg.topic, msg.partition, msg.offset, float(msg.timestamp or now))
+            valid.append((event, Incoming(click, source, blob)))
+        if not valid:
+            return
+        outcomes = self.rec.process([inc for _, inc in valid], now)
+        for (event, inc), out in zip(valid, outcomes):
+            # Faust writes a table key to the partition of the *current* event.
+            set_current_event(event)
+            if out.state_blob is not None:
+                self.w.table[event.key] = out.state_blob
+                self.m.state_bytes.observe(len(out.state_blob))
+            await self.w.recommendations.send(key=event.key, value=out.recommendation.to_json())
+            self._count(out, inc)
+        self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
+        self.m.processing.observe(time.perf_counter() - started)
+
+    def _count(self, out: Any, inc: Incoming) -> None:
+        m = self.m
+        m.published.labels(out.recommendation.strategy).inc()
+        m.click_to_publish.observe(max(0.0, time.time() - inc.source.timestamp))
+        if out.reset_reason:
+            m.state_resets.labels(out.reset_reason).inc()
+        if out.unknown_item:
+            m.unknown_items.inc()
+        if out.replayed:
+            m.replayed.inc()
+        if out.new_user:
+            m.users.inc()
+        if out.online_rank is not None:
+            m.online_predictions.inc()
+            if out.online_rank > 0:
+                m.online_hits.inc()
+                m.online_rr.inc(1.0 / out.online_rank)
+
+    # -- health -----------------------------------------------------------------
+
+    def ready(self) -> bool:
+        app = self.w.app
+        try:
+            recovered = app.tables.recovery.completed.is_set()
+        except AttributeError:
+            recovered = False
+        return bool(recovered and not app.rebalancing)
+
+    def update_gauges(self) -> None:
+        app = self.w.app
+        ready = self.ready()
+        self.m.ready.set(1 if ready else 0)
+        if ready and self._rebalance_started is not None:
+            self.m.recovery_seconds.set(time.monotonic() - self._rebalance_started)
+            self._rebalance_started = None
+        if self.last_click_ts:
+            self.m.lag_seconds.set(max(0.0, time.time() - self.last_click_ts))
+        consumer = getattr(app, "consumer", None)
+        if consumer is None:
+            return
+        try:
+            assigned = consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started or mid-rebalance
+            return
+        for tp in assigned:
+            if tp.topic != self.s.topics.clicks:
+                continue
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            done = self.last_offsets.get(tp.partition, -1) + 1
+            self.m.lag_messages.labels(str(tp.partition)).set(max(0, int(high) - done))
+
+    def rebalance_started(self) -> None:
+        self.m.rebalances.inc()
+        self._rebalance_started = time.monotonic()
+
+    def latest(self, user_key: bytes) -> dict[str, Any] | None:
+        """The last list served to a user, read from this worker's table."""
+        blob = self.w.table.get(user_key)
+        if blob is None:
+            return None
+        try:
+            state = decode(blob)
+        except StateDecodeError:
+            return None
+        return {
+            "user_id": user_key.decode("utf-8", "replace"),
+            "items": [self.rec.item_ids[i] for i in state.served if 0 <= i < len(self.rec.item_ids)],
+            "model_version": state.model_version,
+            "last_click_ts": state.last_ts,
+            "in_session": state.hidden is not None,
+        }
+
+
+def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> Shell:
+    """Register the agent, the timers and the HTTP pages on the app."""
+    app = wiring.app
+    shell = Shell(wiring, recommender, metrics, settings)
+    w = settings.worker
+
+    @app.agent(wiring.clicks, name="streamrec.process_clicks")
+    async def process_clicks(stream: Any) -> None:
+        async for events in stream.take_events(w.batch_max, within=w.batch_ms / 1000.0):
+            await shell.handle(stream, list(events))
+
+    @app.timer(interval=1.0)
+    async def refresh_gauges() -> None:
+        shell.update_gauges()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        shell.rebalance_started()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        if shell._rebalance_started is None:
+            shell.rebalance_started()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        shell.update_gauges()
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ok = shell.ready()
+        return web.json({"ready": ok, "model_version": recommender.model_version}, status=200 if ok else 503)
+
+    @app.page("/users/{user_id}/recommendations")
+    @app.table_route(table=wiring.table, match_info="user_id")
+    async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
+        body = shell.latest(user_id.encode("utf-8"))
+        if body is None:
+            return web.json({"error": "unknown user", "user_id": user_id}, status=404)
+        return web.json(body)
+
+    del process_clicks, refresh_gauges, on_revoked, on_assigned, metrics_page, healthz, readyz, user_recommendations
+    return shell

@@ -1,0 +1,112 @@
+"""Builds the faust.App, its topics and the user-state table from Settings (nothing runs on import)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from stream_app.settings import Settings
+from stream_app.topics import changelog_topic
+
+
+@dataclass
+class Wiring:
+    """The Faust objects the agents and pages are attached to."""
+
+    app: faust.App
+    clicks: Any
+    recommendations: Any
+    dead_letter: Any
+    table: Any
+
+
+def _credentials(settings: Settings) -> Any:
+    k = settings.kafka
+    context = None
+    if k.security_protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=k.ssl_cafile or None)
+        if k.ssl_certfile:
+            context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None)
+    if k.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=k.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """faust.App keyword arguments; the embedded broker's quirks only when it is in use."""
+    w, k = settings.worker, settings.kafka
+    config: dict[str, Any] = dict(
+        broker=";".join(f"kafka://{s}" for s in k.servers),
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(w.data_dir),
+        web_enabled=True,
+        web_bind=w.web_host,
+        web_host=w.web_host,
+        web_port=w.web_port,
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication_factor,
+        table_standby_replicas=w.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+        web_in_thread=False,
+    )
+    if k.embedded:
+        # Tansu: group joins wait half the session timeout; ListOffsets(latest)
+        # under-reports multi-record batches (changelog recovery would lose data).
+        config.update(
+            broker_session_timeout=k.embedded_session_timeout_s,
+            broker_heartbeat_interval=k.embedded_heartbeat_interval_s,
+            producer_max_batch_size=k.embedded_producer_max_batch_size,
+        )
+    return config
+
+
+def rocksdb_options(settings: Settings) -> dict[str, Any]:
+    """Explicit memory limits: Faust's default block cache is 2 GiB per partition database."""
+    w = settings.worker
+    return {
+        "driver": "rocksdict",
+        "block_cache_size": w.rocksdb_block_cache_bytes,
+        "block_cache_compressed_size": w.rocksdb_block_cache_bytes // 4,
+        "write_buffer_size": w.rocksdb_write_buffer_bytes,
+        "max_write_buffer_number": 2,
+        "max_open_files": 256,
+    }
+
+
+def build(settings: Settings) -> Wiring:
+    """The app with raw-bytes topics (the worker validates input itself) and the state table."""
+    app = faust.App(settings.worker.app_id, **faust_config(settings))
+    t = settings.topics
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    clicks = app.topic(t.clicks, partitions=t.partitions, **raw)
+    recommendations = app.topic(t.recommendations, **raw)
+    dead_letter = app.topic(t.dead_letter, **raw)
+    # Tables pick "json" unless the value type is a Record; the state is opaque
+    # versioned bytes, so the changelog, the RocksDB store and recovery carry it raw.
+    changelog = app.topic(
+        changelog_topic(settings), partitions=t.partitions, compacting=True, deleting=False,
+        acks=False, internal=True, **raw,
+    )
+    table = app.Table(
+        "user_state",
+        changelog_topic=changelog,
+        partitions=t.partitions,
+        options=rocksdb_options(settings),
+        help="user id -> versioned UserState bytes",
+        schema=faust.Schema(**raw),
+    )
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return Wiring(app, clicks, recommendations, dead_letter, table)

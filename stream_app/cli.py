@@ -1,0 +1,130 @@
+"""The command line: ``streamrec demo | worker | broker | replay | train | evaluate | prepare | tune | report``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from stream_app.errors import StreamrecError
+from stream_app.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"streamrec: bad setting {where}: {first['msg']} (see docs/operations.md#settings)") from None
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream_app.broker import EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(port=args.port) as broker:
+        print(f"embedded broker (Tansu, in memory) ready at {broker.bootstrap_servers}", flush=True)
+        print(f"  export STREAMREC_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers} "
+              "STREAMREC_KAFKA__EMBEDDED=true", flush=True)
+        while not stop.wait(0.5):
+            if broker._proc is not None and broker._proc.poll() is not None:
+                print("embedded broker exited", file=sys.stderr)
+                return 1
+    print("embedded broker stopped", flush=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream_app import worker
+
+    settings = _settings()
+    if args.model:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": Path(args.model)})})
+    if settings.kafka.needs_embedded:
+        from stream_app.broker import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            print(f"no STREAMREC_KAFKA__BOOTSTRAP_SERVERS: started the embedded broker at "
+                  f"{broker.bootstrap_servers}", flush=True)
+            return worker.run(settings.with_embedded_broker(broker.bootstrap_servers))
+    return worker.run(settings)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream_app.replay import click_messages, read_log, replay
+    from stream_app.topics import ensure_topics
+
+    settings = _settings()
+    if settings.kafka.needs_embedded:
+        raise SystemExit("streamrec replay: set STREAMREC_KAFKA__BOOTSTRAP_SERVERS (e.g. from `streamrec broker`)")
+    ensure_topics(settings)
+    clicks = read_log(Path(args.tsv), limit=args.limit)
+    n = replay(settings, click_messages(clicks, args.user_prefix), rate=args.rate)
+    print(f"replayed {n} clicks to {settings.topics.clicks}", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream_app.demo import run_demo
+
+    return run_demo(_settings(), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu, in memory)")
+    p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run the stream worker (settings from STREAMREC_* variables)")
+    p.add_argument("--model", help="checkpoint path (overrides STREAMREC_MODEL__PATH)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="produce a GRU4Rec TSV click log to the clicks topic")
+    p.add_argument("tsv")
+    p.add_argument("--rate", type=float, default=0.0, help="clicks per second (0: as fast as possible)")
+    p.add_argument("--limit", type=int, default=0, help="first N clicks only")
+    p.add_argument("--user-prefix", default="u", help="user id = prefix + session id")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="broker + model + worker + replay of rsc15-100k test sessions")
+    p.add_argument("--data", default=None, help="folder with train_full.tsv and test.tsv "
+                   "(default: ../shared/data/rsc15-100k)")
+    p.add_argument("--limit", type=int, default=0, help="replay only the first N test clicks")
+    p.add_argument("--rate", type=float, default=1000.0,
+                   help="replay rate, clicks/s (0: as fast as possible; latency is then queueing time)")
+    p.add_argument("--retrain", action="store_true", help="train a new model even if one is cached")
+    p.add_argument("--work-dir", default="var/demo", help="model cache and worker data")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from stream_app.offline_cli import register
+    except ImportError:  # pragma: no cover - offline commands not installed
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StreamrecError as exc:
+        print(f"streamrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

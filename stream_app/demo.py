@@ -1,0 +1,203 @@
+"""``streamrec demo``: broker, model, worker and a replay of real test sessions, with a live view.
+
+Ends with a summary and one JSON line: events, events_per_s, latency_p50_ms,
+latency_p99_ms, online_recall_at_20, online_mrr_at_20, dead_lettered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_app.broker import EmbeddedBroker, free_port
+from stream_app.harness import TopicReader, WorkerProcess, dumps, parse_metrics
+from stream_app.records import Recommendation
+from stream_app.replay import click_messages, read_log, replay
+from stream_app.settings import Settings
+from stream_app.topics import ensure_topics
+
+
+def default_data_dir() -> Path:
+    """../shared/data/rsc15-100k relative to the project root (or the current directory)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base.parent / "shared" / "data" / "rsc15-100k"
+        if candidate.is_dir():
+            return candidate
+    return Path("../shared/data/rsc15-100k")
+
+
+def ensure_model(data: Path, work: Path, retrain: bool) -> Path:
+    """Train once on train_full.tsv with the defaults of `streamrec train`; reuse the cached file."""
+    path = work / f"model-{data.name}.pt"
+    if path.is_file() and not retrain:
+        print(f"[demo] reusing the cached model {path} (--retrain to train again)", flush=True)
+        return path
+    print(f"[demo] training a model on {data / 'train_full.tsv'} (streamrec train, defaults) ...", flush=True)
+    cmd = [sys.executable, "-m", "stream_app.cli", "train", str(data / "train_full.tsv"), "--out", str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+class Collector:
+    """Reads the output topics in a thread and keeps what the summary and live view need."""
+
+    def __init__(self, settings: Settings, item_index: set[str]) -> None:
+        self.settings = settings
+        self.known = item_index
+        self.recs: list[Recommendation] = []
+        self.dead = 0
+        self.latest: dict[str, Recommendation] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Collector":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        recs = TopicReader(self.settings, self.settings.topics.recommendations)
+        dlq = TopicReader(self.settings, self.settings.topics.dead_letter)
+        while not self._stop.is_set():
+            for r in recs.poll(0.2):
+                rec = Recommendation.from_json(r.value)
+                self.recs.append(rec)
+                self.latest[rec.user_id] = rec
+            self.dead += len(dlq.poll(0.0))
+        recs.close()
+        dlq.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def online_quality(recs: list[Recommendation], clicks: dict[str, list[str]], known: set[str]) -> tuple[float, float, int]:
+    """Recall@20 and MRR@20 of each served list against that user's next click (known items only)."""
+    by_user: dict[str, list[Recommendation]] = {}
+    for r in sorted(recs, key=lambda r: (r.source.partition, r.source.offset)):
+        if not r.replayed:
+            by_user.setdefault(r.user_id, []).append(r)
+    hits = rr = 0.0
+    n = 0
+    for user, lists in by_user.items():
+        items = clicks.get(user, [])
+        for i, rec in enumerate(lists[:-1]):
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            if nxt is None or nxt not in known:
+                continue
+            n += 1
+            top = list(rec.items[:20])
+            if nxt in top:
+                hits += 1
+                rr += 1.0 / (top.index(nxt) + 1)
+    return (hits / n if n else 0.0), (rr / n if n else 0.0), n
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from models.checkpoint import load_checkpoint
+
+    data = Path(args.data) if args.data else default_data_dir()
+    if not (data / "test.tsv").is_file():
+        raise SystemExit(f"streamrec demo: {data / 'test.tsv'} not found (pass --data DIR)")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model_path = ensure_model(data, work, args.retrain)
+    ckpt = load_checkpoint(model_path)
+    known = set(ckpt.item_ids)
+
+    with ExitStack() as stack:
+        if settings.kafka.needs_embedded:
+            broker = stack.enter_context(EmbeddedBroker())
+            settings = settings.with_embedded_broker(broker.bootstrap_servers)
+            print(f"[demo] embedded broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
+        data_dir = work / "worker-data"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        settings = settings.model_copy(update={
+            "model": settings.model.model_copy(update={"path": model_path}),
+            "worker": settings.worker.model_copy(update={"data_dir": data_dir, "web_port": free_port(),
+                                                         "app_id": f"streamrec-demo-{int(time.time())}"}),
+        })
+        ensure_topics(settings)
+        worker = stack.enter_context(WorkerProcess(settings, log_path=work / "worker.log"))
+        print(f"[demo] worker starting (log: {work / 'worker.log'}) ...", flush=True)
+        ready_s = worker.wait_ready(120)
+        print(f"[demo] worker ready in {ready_s:.1f}s; metrics at {worker.base_url}/metrics", flush=True)
+
+        clicks = read_log(data / "test.tsv", limit=args.limit or None)
+        per_user: dict[str, list[str]] = {}
+        for c in clicks:
+            per_user.setdefault(f"u{c.session}", []).append(c.item)
+        collector = stack.enter_context(_closing(Collector(settings, known).start()))
+        print(f"[demo] replaying {len(clicks)} clicks of {len(per_user)} test sessions "
+              f"({data.name}/test.tsv, each session one user)", flush=True)
+        start = time.perf_counter()
+        sender = threading.Thread(target=replay, args=(settings, click_messages(clicks)),
+                                  kwargs={"rate": args.rate}, daemon=True)
+        sender.start()
+        deadline = start + 240
+        last_view = 0.0
+        while len(collector.recs) < len(clicks) and time.perf_counter() < deadline:
+            time.sleep(0.25)
+            if time.perf_counter() - last_view >= 3:
+                last_view = time.perf_counter()
+                _live_view(collector, len(clicks), last_view - start)
+        elapsed = max(r.produced_ts for r in collector.recs) - min(r.source.timestamp for r in collector.recs) \
+            if collector.recs else time.perf_counter() - start
+        time.sleep(0.5)
+        metrics = parse_metrics(worker.metrics())
+        collector.stop()
+
+    recs = collector.recs
+    latencies = np.array([max(0.0, r.produced_ts - r.source.timestamp) for r in recs]) * 1000.0
+    recall, mrr, n_pred = online_quality(recs, per_user, known)
+    summary = {
+        "events": len(recs),
+        "events_per_s": round(len(recs) / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2) if len(recs) else None,
+        "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2) if len(recs) else None,
+        "online_recall_at_20": round(recall, 4),
+        "online_mrr_at_20": round(mrr, 4),
+        "online_predictions": n_pred,
+        "dead_lettered": collector.dead,
+        "clicks_sent": len(clicks),
+        "model_version": ckpt.version,
+        "worker_clicks_consumed": metrics.get("streamrec_clicks_consumed_total"),
+    }
+    print("\n[demo] summary")
+    print(f"  clicks replayed      {len(clicks)}  ->  lists published {len(recs)}  "
+          f"(dead-lettered {collector.dead})")
+    print(f"  throughput           {summary['events_per_s']} clicks/s (first click in -> last list out)")
+    print(f"  click-to-publish     p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms")
+    print(f"  online quality       Recall@20 {recall:.4f}, MRR@20 {mrr:.4f} over {n_pred} next clicks")
+    print(f"  metrics were served  at {worker.base_url}/metrics (worker and broker now stopped)")
+    print(dumps(summary), flush=True)
+    return 0 if len(recs) == len(clicks) else 1
+
+
+def _live_view(collector: Collector, total: int, elapsed: float) -> None:
+    done = len(collector.recs)
+    print(f"[demo] {done}/{total} lists ({done / max(elapsed, 1e-9):.0f}/s)", flush=True)
+    for rec in list(collector.latest.values())[-3:]:
+        print(f"         {rec.user_id:>10} -> {', '.join(rec.items[:5])} ... ({rec.strategy})", flush=True)
+
+
+class _closing:
+    """Context manager that stops a Collector."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def __enter__(self) -> Collector:
+        return self.collector
+
+    def __exit__(self, *exc: Any) -> None:
+        self.collector.stop()

@@ -1,0 +1,266 @@
+"""Offline sub-commands of ``streamrec``: train, evaluate, prepare, tune, report.
+
+Only argparse and ``models`` are imported here (never faust), so the offline
+tools work without the streaming stack.  The lead's ``stream_app.cli`` calls
+``register(subparsers)`` and dispatches ``args.func(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable
+
+# flag -> TrainConfig field for the training overrides
+_TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+    "epochs": ("epochs", int),
+    "hidden": ("hidden", int),
+    "loss": ("loss", str),
+    "batch_size": ("batch_size", int),
+    "lr": ("lr", float),
+    "momentum": ("momentum", float),
+    "negatives": ("negatives", int),
+    "alpha": ("alpha", float),
+    "bpreg": ("bpreg", float),
+    "logq": ("logq", float),
+    "dropout_emb": ("dropout_emb", float),
+    "dropout_hidden": ("dropout_hidden", float),
+    "cell": ("cell", str),
+    "layers": ("layers", int),
+    "embedding": ("embedding", int),
+    "seed": ("seed", int),
+    "patience": ("patience", int),
+}
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn expected errors (bad data, bad checkpoint, bad option) into one line on stderr and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, RuntimeError, OSError, FloatingPointError) as e:  # DataError/CheckpointError are ValueErrors
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _set_threads(n: int | None) -> None:
+    """Apply --threads (None keeps torch's default: one thread per physical core)."""
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user actually gave (None = not given)."""
+    over: dict[str, Any] = {}
+    for flag, (name, _) in _TRAIN_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            over[name] = v
+    if args.constrained is not None:
+        over["constrained"] = args.constrained
+    if args.lr_schedule is not None:
+        over["lr_schedule"] = args.lr_schedule
+    return over
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """streamrec train TRAIN_TSV --out CKPT [overrides]."""
+    from models.train import train_file
+
+    _set_threads(args.threads)
+    t0 = time.perf_counter()
+    _, meta = train_file(
+        args.train, args.out, preset=args.preset, overrides=_train_overrides(args), valid_path=args.valid,
+        progress=not args.quiet, presets_dir=args.presets_dir,
+    )
+    elapsed = time.perf_counter() - t0
+    print(f"saved {args.out} (version {meta['version']}, preset {meta['preset']}): "
+          f"training {meta['train_seconds']:.1f} s, total {elapsed:.1f} s, {meta['torch_threads']} torch threads")
+    return 0
+
+
+def _fmt_table(res: dict[str, Any]) -> str:
+    """Human-readable table of conservative figures for the network and baselines."""
+    from models.evaluate import KS
+
+    cols = [f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in KS]
+    lines = ["method      " + " ".join(f"{c:>10}" for c in cols)]
+    rows = [("network", res)] + list(res.get("baselines", {}).items())
+    for name, r in rows:
+        if "error" in r:
+            lines.append(f"{name:<12}{r['error']}")
+        else:
+            lines.append(f"{name:<12}" + " ".join(f"{r[c]:>10.4f}" for c in cols))
+    s = res["standard"]
+    lines.append(f"standard ties (network): recall@20 {s['recall@20']:.4f}  mrr@20 {s['mrr@20']:.4f}")
+    lines.append(f"coverage@20 {res['coverage@20']:.3f}  popularity@20 {res.get('popularity@20', float('nan')):.3f}  "
+                 f"predictions {res['predictions']}  skipped unknown clicks {res['skipped_unknown']}  "
+                 f"({res['eval_seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """streamrec evaluate CKPT TEST_TSV [--json] [--baselines] [--report DIR]."""
+    from models.evaluate import evaluate_checkpoint
+
+    _set_threads(args.threads)
+    res = evaluate_checkpoint(args.checkpoint, args.test, baselines=args.baselines or bool(args.report),
+                              train_path=args.train, batch_size=args.batch_size)
+    if args.report:
+        from models.report import write_report
+
+        page = write_report(args.checkpoint, args.test, args.report, train_path=args.train, results=res)
+        if not args.json:
+            print(f"report: {page}")
+    print(json.dumps(res) if args.json else _fmt_table(res))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """streamrec report CKPT TEST_TSV --out DIR."""
+    from models.report import write_report
+
+    _set_threads(args.threads)
+    print(f"report: {write_report(args.checkpoint, args.test, args.out, train_path=args.train)}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """streamrec prepare RAW_LOG --out-dir DIR (sessionize, filter, time split)."""
+    from models.prepare import Columns, prepare
+
+    stats = prepare(
+        args.input, args.out_dir, Columns(args.user_col, args.item_col, args.time_col, args.session_col),
+        fmt=args.format, gap=args.gap, repeats=not args.drop_repeats, min_item_support=args.min_item_support,
+        min_session_length=args.min_session_length, test_fraction=args.test_fraction,
+        valid_fraction=args.valid_fraction, delimiter=args.delimiter,
+    )
+    for name, s in stats.items():
+        print(f"{args.out_dir}/{name}.tsv: {s['clicks']} clicks, {s['sessions']} sessions, {s['items']} items")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """streamrec tune TRAIN_TSV [--valid TSV] --out-dir DIR --name PRESET."""
+    from models.tune import tune
+
+    _set_threads(args.threads)
+    best = tune(args.train, args.out_dir, valid_path=args.valid, valid_fraction=args.valid_fraction,
+                trials=args.trials, timeout=args.timeout, study_name=args.study, preset_name=args.name,
+                presets_dir=args.presets_dir, base_preset=args.base_preset, epochs=args.epochs, metric=args.metric)
+    print(f"best {best['metric']} {best['value']:.4f} (trial {best['trial']}); preset written to {best['preset_path']}")
+    return 0
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Overrides shared by train (None means: keep the preset's value)."""
+    g = p.add_argument_group("model / optimisation overrides (default: the preset's value)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--hidden", type=int, help="units per recurrent layer")
+    g.add_argument("--layers", type=int)
+    g.add_argument("--cell", choices=["gru", "lstm", "rnn"])
+    g.add_argument("--embedding", type=int, help="input embedding size; 0 = one-hot-like item rows")
+    g.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="share input and output item embeddings")
+    g.add_argument("--loss", choices=["cross-entropy", "bpr-max", "top1-max", "ce", "bpr", "top1"])
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--lr-schedule", choices=["constant", "linear"])
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--negatives", type=int, help="extra shared negatives per step")
+    g.add_argument("--alpha", type=float, help="negative sampling ~ popularity^alpha")
+    g.add_argument("--bpreg", type=float, help="BPR-max score regularisation")
+    g.add_argument("--logq", type=float, help="logQ correction weight for cross-entropy")
+    g.add_argument("--dropout-emb", type=float)
+    g.add_argument("--dropout-hidden", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (with --valid)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the offline sub-commands to the main ``streamrec`` parser."""
+    thr = argparse.ArgumentParser(add_help=False)
+    thr.add_argument("--threads", type=int, default=None,
+                     help="torch.set_num_threads (default: torch's default, one per physical core)")
+
+    p = subparsers.add_parser("train", parents=[thr], help="train a session RNN on a GRU4Rec TSV")
+    p.add_argument("train", metavar="TRAIN_TSV")
+    p.add_argument("--out", required=True, metavar="CKPT")
+    p.add_argument("--valid", metavar="TSV", help="validation TSV: early stopping on Recall@20")
+    p.add_argument("--preset", help="built-in (small, large, auto), a name in --presets-dir, or a JSON path; "
+                   "default auto: chosen from the number of items")
+    p.add_argument("--presets-dir", default="presets")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_flags(p)
+    p.set_defaults(func=_guard(cmd_train))
+
+    p = subparsers.add_parser("evaluate", parents=[thr], help="next-item Recall/MRR/NDCG@K on a test TSV")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("test", metavar="TEST_TSV")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--baselines", action="store_true", help="also popularity and Markov chain")
+    p.add_argument("--train", metavar="TSV", help="training data for the Markov baseline (default: from the checkpoint)")
+    p.add_argument("--report", metavar="DIR", help="also write the HTML report to DIR")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_guard(cmd_evaluate))
+
+    p = subparsers.add_parser("report", parents=[thr], help="HTML report with plots")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("test", metavar="TEST_TSV")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--train", metavar="TSV")
+    p.set_defaults(func=_guard(cmd_report))
+
+    p = subparsers.add_parser("prepare", help="raw click log -> sessionized, filtered, time-split GRU4Rec TSVs")
+    p.add_argument("input", metavar="RAW_LOG", help="CSV, TSV, JSON lines or Parquet (needs pyarrow)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet"], help="default: from the extension")
+    p.add_argument("--delimiter", help="CSV delimiter (default , for csv, tab for tsv)")
+    p.add_argument("--user-col", default="user")
+    p.add_argument("--item-col", default="item")
+    p.add_argument("--time-col", default="time", help="numbers (seconds) or ISO-8601 strings")
+    p.add_argument("--session-col", default=None, help="use this column as the session instead of a gap")
+    p.add_argument("--gap", type=float, default=1800.0, help="inactivity gap in seconds that ends a session")
+    p.add_argument("--drop-repeats", action="store_true", help="drop consecutive repeated clicks")
+    p.add_argument("--min-item-support", type=int, default=5)
+    p.add_argument("--min-session-length", type=int, default=2)
+    p.add_argument("--test-fraction", type=float, default=0.1, help="latest sessions (by end time) kept for test")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="latest training sessions for validation")
+    p.set_defaults(func=_guard(cmd_prepare))
+
+    p = subparsers.add_parser("tune", parents=[thr], help="optuna search on train/validation; writes a preset")
+    p.add_argument("train", metavar="TRAIN_TSV")
+    p.add_argument("--valid", metavar="TSV", help="validation TSV (default: split TRAIN_TSV by time)")
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--out-dir", required=True, help="study storage (sqlite, resumable) and best.json")
+    p.add_argument("--study", default="streamrec")
+    p.add_argument("--name", help="preset name to write (default: the study name)")
+    p.add_argument("--presets-dir", default="presets")
+    p.add_argument("--base-preset", help="preset the search starts from (default: auto)")
+    p.add_argument("--trials", type=int, default=20, help="total trials in the study (resume tops up)")
+    p.add_argument("--timeout", type=float, help="seconds for this run")
+    p.add_argument("--epochs", type=int, help="fix the number of epochs per trial")
+    p.add_argument("--metric", default="recall@20", choices=["recall@20", "mrr@20", "ndcg@20", "recall@10", "mrr@10"])
+    p.set_defaults(func=_guard(cmd_tune))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m stream_app.offline_cli``) until stream_app.cli exists."""
+    parser = argparse.ArgumentParser(prog="streamrec")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""The functional core: every per-click decision, batched model calls, no Faust and no I/O.
+
+The shell hands in a micro-batch of (click, source, stored state bytes) and gets
+back, per click, the bytes to store, the list to publish and what happened
+(reset, unknown item, replay, online hit) for the metrics. Clicks of the same
+user inside one batch are applied in order: the batch is cut into waves, the
+n-th click of each user going to wave n, and each wave is one batched step.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from stream_app.records import Click, Recommendation, Source
+from stream_app.state import StateDecodeError, UserState, decode, encode
+
+ONLINE_K = 20  # online quality is Recall@20 / MRR@20 of the served lists
+
+
+class StepModel(Protocol):
+    """What the core needs of a network (models.rnn.SessionRNN satisfies it)."""
+
+    state_size: int
+
+    def step(self, state: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def score(self, state: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The per-click rules, taken from Settings by the shell."""
+
+    k: int = 20
+    exclude_clicked: bool = True
+    recent_items: int = 5
+    gap_s: float = 1800.0
+    keep_across_sessions: bool = False
+
+
+class Action(enum.Enum):
+    STEP = "step"  # advance the hidden state with a known item
+    SCORE = "score"  # keep the state, rank from it (unknown item, replayed click)
+    POPULAR = "popular"  # no hidden state in this session: popularity list
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    click: Click
+    source: Source
+    state_blob: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one click, decided from the prior state alone."""
+
+    action: Action
+    start: UserState | None  # state the click applies to (after any reset)
+    item: int | None  # model index of the clicked item, None if unknown
+    reset_reason: str | None
+    replayed: bool
+    online_rank: int | None  # 1-based rank of this click in the last served list, 0 = miss, None = not scored
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Everything the shell needs to write, send and count for one click."""
+
+    state_blob: bytes | None  # None: leave the stored state alone
+    recommendation: Recommendation
+    reset_reason: str | None
+    unknown_item: bool
+    replayed: bool
+    new_user: bool
+    online_rank: int | None
+
+
+def load_prior(blob: bytes | None, model_version: str) -> tuple[UserState | None, str | None]:
+    """Decode a stored blob; undecodable or other-model states are dropped with a reason."""
+    if blob is None:
+        return None, None
+    try:
+        state = decode(blob)
+    except StateDecodeError:
+        return None, "undecodable"
+    if state.model_version != model_version:
+        return None, "model_version"
+    return state, None
+
+
+def plan_click(
+    prior: UserState | None, click: Click, source: Source, item: int | None, policy: Policy
+) -> Plan:
+    """Decide reset, replay and the action for one click (pure)."""
+    if prior is not None and prior.last_partition == source.partition and source.offset <= prior.last_offset:
+        action = Action.SCORE if prior.hidden is not None else Action.POPULAR
+        return Plan(action, prior, item, None, True, None)
+    online_rank: int | None = None
+    if prior is not None and prior.served and item is not None:
+        online_rank = prior.served.index(item) + 1 if item in prior.served else 0
+    start, reset = prior, None
+    gap = click.ts - prior.last_ts if prior is not None else 0.0
+    if prior is not None and gap > policy.gap_s and not policy.keep_across_sessions:
+        start = UserState(prior.model_version, None, prior.last_ts, prior.last_partition, prior.last_offset,
+                          prior.last_seen, (), prior.served)
+        reset = "session_gap"
+    if item is not None:
+        action = Action.STEP
+    elif start is not None and start.hidden is not None:
+        action = Action.SCORE
+    else:
+        action = Action.POPULAR
+    return Plan(action, start, item, reset, False, online_rank)
+
+
+def next_state(
+    plan: Plan, click: Click, source: Source, hidden: np.ndarray | None, served: Sequence[int],
+    model_version: str, policy: Policy, now: float,
+) -> UserState:
+    """The state after a (non-replayed) click: new hidden, bookkeeping, the list just served."""
+    start = plan.start
+    recent = start.recent if start is not None else ()
+    if plan.item is not None and policy.recent_items > 0:
+        recent = (recent + (plan.item,))[-policy.recent_items :]
+    elif policy.recent_items == 0:
+        recent = ()
+    last_ts = max(click.ts, start.last_ts) if start is not None else click.ts
+    return UserState(
+        model_version=model_version,
+        hidden=hidden,
+        last_ts=last_ts,
+        last_partition=source.partition,
+        last_offset=source.offset,
+        last_seen=now,
+        recent=recent,
+        served=tuple(served[:ONLINE_K]),
+    )
+
+
+class Recommender:
+    """Binds a loaded network, its item map and the policy; ``process`` is the per-batch core."""
+
+    def __init__(
+        self,
+        model: StepModel,
+        item_ids: Sequence[str],
+        item_counts: Sequence[float] | np.ndarray,
+        model_version: str,
+        policy: Policy,
+    ) -> None:
+        self.model = model
+        self.item_ids = list(item_ids)
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        self.model_version = model_version
+        self.policy = policy
+        counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float32))  # (N,)
+        self.popularity = counts / counts.sum().clamp(min=1.0)  # (N,)
+        self.k = min(policy.k, len(self.item_ids))
+
+    def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
+        """Apply a micro-batch in order; one batched model call per wave and action."""
+        waves: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, inc in enumerate(batch):
+            n = seen.get(inc.click.user_id, 0)
+            seen[inc.click.user_id] = n + 1
+            if n == len(waves):
+                waves.append([])
+            waves[n].append(i)
+
+        current: dict[str, tuple[UserState | None, str | None, bool]] = {}
+        for inc in batch:
+            if inc.click.user_id not in current:
+                prior, reason = load_prior(inc.state_blob, self.model_version)
+                current[inc.click.user_id] = (prior, reason, inc.state_blob is None)
+
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        for wave in waves:
+            plans = []
+            for i in wave:
+                inc = batch[i]
+                prior, load_reason, new_user = current[inc.click.user_id]
+                item = self.item_index.get(inc.click.item_id)
+                plan = plan_click(prior, inc.click, inc.source, item, self.policy)
+                if load_reason is not None and plan.reset_reason is None:
+                    plan = Plan(plan.action, plan.start, plan.item, load_reason, plan.replayed, plan.online_rank)
+                plans.append(plan)
+            hidden, scores = self._run(plans)  # (W, S) | None per row, (W, N)
+            top_scores, top_items = self._top_k(plans, scores)
+            for row, i in enumerate(wave):
+                inc, plan = batch[i], plans[row]
+                prior, load_reason, new_user = current[inc.click.user_id]
+                items = top_items[row]
+                strategy = "popularity" if plan.action is Action.POPULAR else "model"
+                rec = Recommendation(
+                    user_id=inc.click.user_id,
+                    items=tuple(self.item_ids[j] for j in items),
+                    scores=tuple(float(s) for s in top_scores[row]),
+                    model_version=self.model_version,
+                    strategy=strategy,
+                    source=inc.source,
+                    click_ts=inc.click.ts,
+                    produced_ts=now,
+                    replayed=plan.replayed,
+                )
+                if plan.replayed:
+                    blob = None
+                else:
+                    state = next_state(plan, inc.click, inc.source, hidden[row], items,
+                                       self.model_version, self.policy, now)
+                    blob = encode(state)
+                    current[inc.click.user_id] = (state, None, False)
+                outcomes[i] = Outcome(
+                    state_blob=blob,
+                    recommendation=rec,
+                    reset_reason=plan.reset_reason,
+                    unknown_item=plan.item is None and not plan.replayed,
+                    replayed=plan.replayed,
+                    new_user=new_user and not plan.replayed,
+                    online_rank=plan.online_rank,
+                )
+                new_user = False
+                current[inc.click.user_id] = (current[inc.click.user_id][0], None, False)
+        return [o for o in outcomes if o is not None]
+
+    def _run(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], torch.Tensor]:
+        """Batched step for STEP rows, batched score for SCORE rows, popularity for the rest."""
+        n_rows = len(plans)
+        scores = self.popularity.expand(n_rows, -1).clone()  # (W, N)
+        hidden: list[np.ndarray | None] = [None] * n_rows
+        step_rows = [r for r, p in enumerate(plans) if p.action is Action.STEP]
+        score_rows = [r for r, p in enumerate(plans) if p.action is Action.SCORE]
+        with torch.inference_mode():
+            if step_rows:
+                h0 = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in step_rows]))  # (B, S)
+                items = torch.tensor([plans[r].item for r in step_rows], dtype=torch.long)  # (B,)
+                h1, s = self.model.step(h0, items)  # (B, S), (B, N)
+                scores[step_rows] = s
+                h1_np = h1.numpy()
+                for j, r in enumerate(step_rows):
+                    hidden[r] = h1_np[j].copy()
+            if score_rows:
+                h = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in score_rows]))  # (B, S)
+                scores[score_rows] = self.model.score(h)  # (B, N)
+                for r in score_rows:
+                    hidden[r] = plans[r].start.hidden if plans[r].start is not None else None
+        return hidden, scores
+
+    def _hidden_of(self, plan: Plan) -> np.ndarray:
+        if plan.start is not None and plan.start.hidden is not None:
+            return plan.start.hidden
+        return np.zeros(self.model.state_size, dtype=np.float32)
+
+    def _top_k(self, plans: Sequence[Plan], scores: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
+        """Top k per row with the user's recent items (and this click) masked out."""
+        if self.policy.exclude_clicked:
+            rows: list[int] = []
+            cols: list[int] = []
+            for r, p in enumerate(plans):
+                masked = set(p.start.recent) if p.start is not None else set()
+                if p.item is not None:
+                    masked.add(p.item)
+                rows.extend([r] * len(masked))
+                cols.extend(masked)
+            if rows:
+                scores[rows, cols] = float("-inf")
+        top = torch.topk(scores, self.k, dim=1)  # (W, k)
+        values, indices = top.values.tolist(), top.indices.tolist()
+        # A tiny catalogue can run out of unmasked items: drop the masked tail.
+        for r in range(len(values)):
+            keep = [j for j, v in enumerate(values[r]) if v != float("-inf")]
+            if len(keep) < len(values[r]):
+                values[r] = [values[r][j] for j in keep]
+                indices[r] = [indices[r][j] for j in keep]
+        return values, indices

@@ -1,0 +1,89 @@
+"""Wire schemas: what travels on the topics. No decisions here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DEAD_LETTER_REASON_HEADER = "streamrec-reason"
+DEAD_LETTER_DETAIL_HEADER = "streamrec-detail"
+DEAD_LETTER_SOURCE_HEADER = "streamrec-source"
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """One click, as validated: ``{"user_id": str, "item_id": str|int, "ts": seconds, "event_type"?: str}``."""
+
+    user_id: str
+    item_id: str
+    ts: float
+    event_type: str | None = None
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts}
+        if self.event_type is not None:
+            body["event_type"] = self.event_type
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the click that caused a list was read from, and when it entered Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """A user's refreshed top-k list, keyed by user id (a compacted topic keeps the latest)."""
+
+    user_id: str
+    items: tuple[str, ...]
+    scores: tuple[float, ...]
+    model_version: str
+    strategy: str  # "model" (from the user's hidden state) or "popularity" (cold start / fallback)
+    source: Source
+    click_ts: float
+    produced_ts: float
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "items": list(self.items),
+            "scores": [round(s, 6) for s in self.scores],
+            "model_version": self.model_version,
+            "strategy": self.strategy,
+            "source": {
+                "topic": self.source.topic,
+                "partition": self.source.partition,
+                "offset": self.source.offset,
+                "timestamp": self.source.timestamp,
+            },
+            "click_ts": self.click_ts,
+            "produced_ts": self.produced_ts,
+            "replayed": self.replayed,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Recommendation":
+        d = json.loads(raw)
+        src = d["source"]
+        return cls(
+            user_id=d["user_id"],
+            items=tuple(d["items"]),
+            scores=tuple(d["scores"]),
+            model_version=d["model_version"],
+            strategy=d["strategy"],
+            source=Source(src["topic"], int(src["partition"]), int(src["offset"]), float(src.get("timestamp", 0.0))),
+            click_ts=float(d["click_ts"]),
+            produced_ts=float(d["produced_ts"]),
+            replayed=bool(d.get("replayed", False)),
+        )

@@ -1,0 +1,81 @@
+"""Replays a GRU4Rec-format click log (SessionId, ItemId, Time) to the clicks topic, each session as one user."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from stream_app.records import Click
+from stream_app.settings import Settings
+from stream_app.topics import client_kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedClick:
+    session: str
+    item: str
+    ts: float
+
+
+def read_log(path: Path, limit: int | None = None, time_order: bool = True) -> list[LoggedClick]:
+    """The clicks of a GRU4Rec TSV, in global time order (a live stream interleaves sessions)."""
+    out: list[LoggedClick] = []
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["SessionId", "ItemId", "Time"]:
+            raise ValueError(f"{path}: expected a header 'SessionId<TAB>ItemId<TAB>Time', got {header}")
+        for row in reader:
+            out.append(LoggedClick(row[0], row[1], float(row[2])))
+    if time_order:
+        # stable: clicks of one session keep their order when times tie
+        out.sort(key=lambda c: c.ts)
+    return out[:limit] if limit else out
+
+
+def click_messages(clicks: list[LoggedClick], user_prefix: str = "u") -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs as the worker expects them: keyed by user id."""
+    for c in clicks:
+        user = f"{user_prefix}{c.session}"
+        yield user.encode(), Click(user_id=user, item_id=c.item, ts=c.ts).to_json()
+
+
+def producer(settings: Settings, **overrides: Any) -> Any:
+    """A kafka-python producer for the configured brokers (acks=all, batched)."""
+    from kafka import KafkaProducer
+
+    kwargs = dict(client_kwargs(settings), acks="all", linger_ms=5, retries=5)
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)
+
+
+def replay(
+    settings: Settings,
+    messages: Iterator[tuple[bytes, bytes]],
+    rate: float = 0.0,
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Send every message (at ``rate`` per second if > 0); returns the count after a flush."""
+    prod = producer(settings)
+    topic = settings.topics.clicks
+    start = time.perf_counter()
+    n = 0
+    try:
+        for key, value in messages:
+            prod.send(topic, key=key, value=value)
+            n += 1
+            if rate > 0:
+                ahead = n / rate - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if on_sent is not None and n % 500 == 0:
+                on_sent(n)
+        prod.flush()
+    finally:
+        prod.close()
+    if on_sent is not None:
+        on_sent(n)
+    return n

@@ -1,0 +1,125 @@
+"""The one settings class: the only reader of the environment (prefix STREAMREC_, nested with __)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the brokers; empty bootstrap servers means: start the embedded broker."""
+
+    bootstrap_servers: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    # True when the brokers are the embedded Tansu one (set by whoever started it):
+    # then, and only then, the quirk settings below apply. Tansu answers a group
+    # join after half the session timeout, and its ListOffsets(latest) is wrong
+    # for multi-record batches.
+    embedded: bool = False
+    embedded_session_timeout_s: float = 6.0
+    embedded_heartbeat_interval_s: float = 1.0
+    embedded_producer_max_batch_size: int = 1
+
+    @property
+    def needs_embedded(self) -> bool:
+        """No brokers configured: the caller should start the embedded one."""
+        return not self.bootstrap_servers.strip()
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+
+class TopicSettings(BaseModel):
+    """Topic names and shape; the clicks topic and the table changelog share the partition count."""
+
+    clicks: str = "clicks"
+    recommendations: str = "recommendations"
+    dead_letter: str = "clicks-dlq"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    create_missing: bool = True
+
+
+class ModelSettings(BaseModel):
+    """Which network serves and how its lists are cut."""
+
+    path: Path = Path("var/model.pt")
+    k: int = Field(20, ge=1, le=1000)
+    exclude_clicked: bool = True
+    recent_items: int = Field(5, ge=0, le=32)
+
+
+class SessionSettings(BaseModel):
+    """When a user's hidden state starts over."""
+
+    gap_s: float = Field(1800.0, gt=0)
+    keep_across_sessions: bool = False
+    state_ttl_s: float = Field(0.0, ge=0, description="0 = keep idle users forever")
+
+
+class WorkerSettings(BaseModel):
+    """The Faust worker process."""
+
+    app_id: str = "streamrec"
+    data_dir: Path = Path("var/data")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    standby_replicas: int = Field(0, ge=0)
+    batch_max: int = Field(64, ge=1)
+    batch_ms: float = Field(5.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+    rocksdb_block_cache_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    rocksdb_write_buffer_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
+    max_event_bytes: int = Field(8192, ge=64)
+    max_future_skew_s: float = Field(86400.0, ge=0)
+    loglevel: str = "WARNING"
+    shutdown_grace_s: float = Field(20.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read once at start-up; fail fast on a bad value."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    model: ModelSettings = ModelSettings()
+    session: SessionSettings = SessionSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @field_validator("kafka", "topics", "model", "session", "worker", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def with_embedded_broker(self, servers: str) -> "Settings":
+        """A copy pointing at the embedded broker once it is up."""
+        kafka = self.kafka.model_copy(update={"bootstrap_servers": servers, "embedded": True})
+        return self.model_copy(update={"kafka": kafka})
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as STREAMREC_ variables, so a child process sees exactly these."""
+        env: dict[str, str] = {}
+        for group in ("kafka", "topics", "model", "session", "worker"):
+            for name, value in getattr(self, group).model_dump().items():
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                env[f"STREAMREC_{group.upper()}__{name.upper()}"] = str(value)
+        return env

@@ -1,0 +1,91 @@
+"""Start-up of one worker: checks that fail fast, then the Faust worker until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry, ProcessCollector, PlatformCollector, GCCollector
+
+from stream_app.errors import ModelLoadError
+from stream_app.metrics import Metrics
+from stream_app.recommender import Policy, Recommender
+from stream_app.settings import Settings
+
+log = logging.getLogger("streamrec.worker")
+
+
+def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
+    """The checkpoint as a Recommender; ModelLoadError with one clear line if it cannot serve."""
+    from models.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(settings.model.path)
+    if not path.is_file():
+        raise ModelLoadError(f"model checkpoint {str(path)!r} not found (train one: streamrec train TSV --out {path})")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ModelLoadError(f"model checkpoint {str(path)!r} cannot be used: {exc}") from exc
+    m = settings.model
+    policy = Policy(
+        k=m.k,
+        exclude_clicked=m.exclude_clicked,
+        recent_items=m.recent_items,
+        gap_s=settings.session.gap_s,
+        keep_across_sessions=settings.session.keep_across_sessions,
+    )
+    counts = np.asarray(ckpt.item_counts, dtype=np.float32)
+    if counts.shape[0] != len(ckpt.item_ids):
+        counts = np.zeros(len(ckpt.item_ids), dtype=np.float32)
+        for rank, i in enumerate(ckpt.popular(len(ckpt.item_ids))):
+            counts[i] = len(ckpt.item_ids) - rank
+    rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy)
+    return rec, ckpt
+
+
+def new_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def run(settings: Settings) -> int:
+    """Blocks until the worker stops; returns the exit code."""
+    from faust import Worker
+
+    from stream_app.agents import attach
+    from stream_app.app import build
+    from stream_app.topics import ensure_topics
+
+    torch.set_num_threads(settings.worker.torch_threads)
+    recommender, ckpt = load_recommender(settings)
+    ensure_topics(settings)
+    Path(settings.worker.data_dir).mkdir(parents=True, exist_ok=True)
+    metrics = Metrics.create(new_registry())
+    cfg = getattr(ckpt.model, "config", None)
+    metrics.model_info.labels(
+        ckpt.version,
+        str(getattr(cfg, "cell", "gru")),
+        str(getattr(cfg, "hidden", ckpt.model.state_size)),
+        str(len(ckpt.item_ids)),
+    ).set(1)
+    wiring = build(settings)
+    attach(wiring, recommender, metrics, settings)
+    print(
+        f"streamrec worker: model {ckpt.version} ({len(ckpt.item_ids)} items), "
+        f"brokers {settings.kafka.bootstrap_servers}{' (embedded)' if settings.kafka.embedded else ''}, "
+        f"http://{settings.worker.web_host}:{settings.worker.web_port}/metrics",
+        flush=True,
+    )
+    worker = Worker(wiring.app, loglevel=settings.worker.loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0 if sys.exc_info()[0] is None else 1

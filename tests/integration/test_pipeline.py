@@ -1,0 +1,89 @@
+"""The worker end to end on the embedded broker: lists out, dead letters, state in its partition."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from stream_app.harness import TopicReader, WorkerProcess, dead_letter_reasons, parse_metrics, recommendations
+from stream_app.recommender import Incoming
+from stream_app.records import Click, Source
+from stream_app.settings import Settings
+from stream_app.worker import load_recommender
+from tests.integration.helpers import (
+    assert_same_states, click, final_states, reference_states, scenario, send_all,
+)
+
+MALFORMED = [
+    (b"user-x", b"not json at all", "not_json"),
+    (b"user-x", b"[1, 2, 3]", "not_object"),
+    (b"user-x", b'{"user_id": "user-x", "ts": 5}', "missing_field"),
+    (b"user-x", b'{"user_id": "user-x", "item_id": "i1", "ts": "noon"}', "bad_type"),
+    (b"user-x", b'{"user_id": "user-x", "item_id": "i1", "ts": NaN}', "non_finite_time"),
+    (b"user-y", b'{"user_id": "user-x", "item_id": "i1", "ts": 5}', "key_mismatch"),
+    (b"user-x", b"\xff\xfe\xfd", "not_utf8"),
+    (b"user-x", b'{"user_id": "user-x", "item_id": "i1", "ts": 5, "ts": 6}', "duplicate_key"),
+    (b"user-x", b"x" * 9000, "too_large"),
+    (b"user-x", b'{"user_id": "user-x", "item_id": "i1", "ts": Infinity}', "non_finite_time"),
+]
+
+
+def test_thousand_clicks_fifty_malformed(settings: Settings) -> None:
+    valid = scenario(n_users=95, clicks_per_user=10)
+    messages: list[tuple[bytes | None, bytes]] = []
+    expected_reasons: Counter[str] = Counter()
+    for i, m in enumerate(valid):
+        messages.append(m)
+        if i % 19 == 0 and sum(expected_reasons.values()) < 50:
+            key, value, reason = MALFORMED[len(messages) % len(MALFORMED)]
+            messages.append((key, value))
+            expected_reasons[reason] += 1
+    assert len(messages) == 1000 and sum(expected_reasons.values()) == 50
+    with WorkerProcess(settings) as worker:
+        worker.wait_ready()
+        positions = send_all(settings, messages)
+        recs = recommendations(TopicReader(settings, settings.topics.recommendations).read_until(950, 90, idle_s=2))
+        dlq = TopicReader(settings, settings.topics.dead_letter).read_until(50, 30, idle_s=1)
+        metrics = parse_metrics(worker.metrics())
+    dup = [k for k, n in Counter((r.source.partition, r.source.offset) for r in recs).items() if n > 1]
+    valid_set = set(valid)
+    missing = sorted(set(p for p, m in zip(positions, messages) if m in valid_set)
+                     - {(r.source.partition, r.source.offset) for r in recs})
+    assert not dup and not missing, (dup, missing, [r for r in recs if (r.source.partition, r.source.offset) in dup])
+    assert len(recs) == 950, "exactly one list per valid click"
+    assert len({(r.source.partition, r.source.offset) for r in recs}) == 950
+    assert not any(r.replayed for r in recs)
+    assert Counter(dead_letter_reasons(dlq)) == expected_reasons
+    assert {r.value for r in dlq} <= {v for _, v in messages}
+    assert metrics["streamrec_clicks_consumed_total"] == 1000
+    assert sum(v for k, v in metrics.items() if k.startswith("streamrec_dead_letters_total")) == 50
+
+    # every user's state is in the partition of its own clicks, and equals a clean replay
+    valid_positions = [p for p, (k, v) in zip(positions, messages) if (k, v) in set(valid)]
+    click_partition = {k.decode(): p for (k, _), (p, _) in zip(valid, valid_positions)}
+    got = final_states(settings)
+    for user, (partition, _) in got.items():
+        assert partition == click_partition[user], user
+    assert_same_states(got, reference_states(settings, valid, valid_positions))
+
+
+def test_hand_made_scenario_exact_lists(settings: Settings) -> None:
+    clicks = [click("alice", "i1", 100.0), click("bob", "i7", 101.0), click("alice", "i2", 102.0),
+              click("carol", "nope", 103.0), click("alice", "i3", 5000.0)]  # last one: after the 30 min gap
+    with WorkerProcess(settings) as worker:
+        worker.wait_ready()
+        positions = send_all(settings, clicks)
+        recs = recommendations(TopicReader(settings, settings.topics.recommendations).read_until(5, 60, idle_s=1))
+    by_source = {(r.source.partition, r.source.offset): r for r in recs}
+    rec, _ = load_recommender(settings)
+    store: dict[str, bytes] = {}
+    for (key, value), (part, off) in zip(clicks, positions):
+        b = json.loads(value)
+        c = Click(b["user_id"], b["item_id"], b["ts"])
+        out = rec.process([Incoming(c, Source(settings.topics.clicks, part, off), store.get(c.user_id))], 0.0)[0]
+        store[c.user_id] = out.state_blob or store[c.user_id]
+        got = by_source[(part, off)]
+        assert got.user_id == c.user_id and got.items == out.recommendation.items
+        assert got.strategy == out.recommendation.strategy
+        assert len(got.items) == 20 and b["item_id"] not in got.items
+    assert by_source[positions[3]].strategy == "popularity"

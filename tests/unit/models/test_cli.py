@@ -1,0 +1,69 @@
+"""The offline sub-commands end to end on tiny data (in-process, via register())."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from stream_app.offline_cli import register
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="streamrec")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_register_adds_subcommands() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    assert {"train", "evaluate", "prepare", "tune", "report"} <= set(sub.choices)
+
+
+def test_train_evaluate_report(tmp_path: Path, cyclic_tsv: Path, cyclic_test_tsv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "m.pt"
+    assert run(["train", str(cyclic_tsv), "--out", str(ckpt), "--epochs", "3", "--hidden", "16", "--batch-size", "8",
+                "--negatives", "4", "--constrained", "--threads", "1", "--quiet", "--lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert str(ckpt) in out and "training" in out
+    assert run(["evaluate", str(ckpt), str(cyclic_test_tsv), "--json", "--baselines"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"recall@20", "mrr@20", "ndcg@20", "standard", "baselines"} <= set(res)
+    assert set(res["baselines"]) == {"popularity", "markov"}
+    assert run(["report", str(ckpt), str(cyclic_test_tsv), "--out", str(tmp_path / "rep")]) == 0
+    for f in ("index.html", "recall_at_k.png", "mrr_at_k.png", "loss.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0
+
+
+def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_text("garbage")
+    assert run(["evaluate", str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    assert run(["train", str(tmp_path / "none.tsv"), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_prepare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "log.csv"
+    raw.write_text("user,item,time\n" + "".join(f"u{u},i{(u + j) % 4},{u * 5000 + j * 10}\n" for u in range(40) for j in range(3)))
+    assert run(["prepare", str(raw), "--out-dir", str(tmp_path / "p"), "--min-item-support", "2"]) == 0
+    assert (tmp_path / "p" / "train_valid.tsv").is_file()
+
+
+def test_tune_writes_loadable_preset(tmp_path: Path, cyclic_tsv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("optuna")
+    args = ["tune", str(cyclic_tsv), "--out-dir", str(tmp_path / "t"), "--name", "tiny", "--presets-dir",
+            str(tmp_path / "presets"), "--trials", "2", "--epochs", "1", "--threads", "1"]
+    assert run(args) == 0
+    preset = tmp_path / "presets" / "tiny.json"
+    assert json.loads(preset.read_text())["config"]["epochs"] == 1
+    assert run(args) == 0  # resumes: the study already has its 2 trials
+    ckpt = tmp_path / "m.pt"
+    assert run(["train", str(cyclic_tsv), "--out", str(ckpt), "--preset", str(preset), "--quiet",
+                "--hidden", "8", "--batch-size", "8", "--negatives", "4"]) == 0

@@ -1,0 +1,139 @@
+"""Decisions of the per-click core, without a broker, on a real (small) network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from stream_app.recommender import Incoming, Policy, Recommender
+from stream_app.records import Click, Source
+from stream_app.state import decode
+
+
+@pytest.fixture()
+def ckpt(small_checkpoint: Path):
+    return load_checkpoint(small_checkpoint)
+
+
+def make_rec(ckpt, **policy) -> Recommender:
+    return Recommender(ckpt.model, ckpt.item_ids, np.asarray(ckpt.item_counts, dtype=np.float32),
+                       ckpt.version, Policy(**policy))
+
+
+def inc(user: str, item: str, ts: float, offset: int, blob: bytes | None = None, partition: int = 0) -> Incoming:
+    return Incoming(Click(user, item, ts), Source("clicks", partition, offset, ts), blob)
+
+
+def run_seq(rec: Recommender, clicks: list[tuple[str, str, float]]) -> dict[str, bytes]:
+    """Click by click, one batch each, threading the stored blob like the table does."""
+    store: dict[str, bytes] = {}
+    for off, (u, i, ts) in enumerate(clicks):
+        out = rec.process([inc(u, i, ts, off, store.get(u))], now=ts)[0]
+        if out.state_blob is not None:
+            store[u] = out.state_blob
+    return store
+
+
+def test_first_known_click_steps_from_zero(ckpt) -> None:
+    rec = make_rec(ckpt, k=5)
+    out = rec.process([inc("u", "i3", 100.0, 0)], now=100.0)[0]
+    h, scores = ckpt.model.step(ckpt.model.zero_state(1), torch.tensor([3]))
+    state = decode(out.state_blob)
+    np.testing.assert_allclose(state.hidden, h[0].detach().numpy(), atol=1e-6)
+    assert out.new_user and out.recommendation.strategy == "model"
+    s = scores[0].detach().clone()
+    s[3] = float("-inf")
+    assert list(out.recommendation.items) == [f"i{j}" for j in torch.topk(s, 5).indices.tolist()]
+    assert "i3" not in out.recommendation.items
+
+
+def test_unknown_item_for_new_user_gets_popularity(ckpt) -> None:
+    rec = make_rec(ckpt, k=3)
+    out = rec.process([inc("u", "nope", 1.0, 0)], now=1.0)[0]
+    assert out.unknown_item and out.recommendation.strategy == "popularity"
+    assert list(out.recommendation.items) == ["i0", "i1", "i2"]
+    assert decode(out.state_blob).hidden is None
+
+
+def test_unknown_item_keeps_state_and_ranks_from_it(ckpt) -> None:
+    rec = make_rec(ckpt, k=3)
+    first = rec.process([inc("u", "i5", 1.0, 0)], now=1.0)[0]
+    out = rec.process([inc("u", "nope", 2.0, 1, first.state_blob)], now=2.0)[0]
+    assert out.unknown_item and out.recommendation.strategy == "model"
+    np.testing.assert_array_equal(decode(out.state_blob).hidden, decode(first.state_blob).hidden)
+
+
+def test_session_gap_resets_hidden_state(ckpt) -> None:
+    rec = make_rec(ckpt, gap_s=60)
+    first = rec.process([inc("u", "i5", 0.0, 0)], now=0.0)[0]
+    later = rec.process([inc("u", "i7", 61.0, 1, first.state_blob)], now=61.0)[0]
+    fresh = rec.process([inc("v", "i7", 61.0, 2)], now=61.0)[0]
+    assert later.reset_reason == "session_gap"
+    np.testing.assert_allclose(decode(later.state_blob).hidden, decode(fresh.state_blob).hidden, atol=1e-6)
+
+
+def test_keep_across_sessions_does_not_reset(ckpt) -> None:
+    rec = make_rec(ckpt, gap_s=60, keep_across_sessions=True)
+    first = rec.process([inc("u", "i5", 0.0, 0)], now=0.0)[0]
+    later = rec.process([inc("u", "i7", 1e6, 1, first.state_blob)], now=1e6)[0]
+    assert later.reset_reason is None
+
+
+def test_replayed_click_is_not_applied_twice(ckpt) -> None:
+    rec = make_rec(ckpt)
+    first = rec.process([inc("u", "i5", 0.0, 10)], now=0.0)[0]
+    again = rec.process([inc("u", "i5", 0.0, 10, first.state_blob)], now=1.0)[0]
+    older = rec.process([inc("u", "i9", 0.0, 9, first.state_blob)], now=1.0)[0]
+    assert again.replayed and again.state_blob is None
+    assert older.replayed and older.state_blob is None
+    assert again.recommendation.items == first.recommendation.items
+
+
+def test_same_offset_other_partition_is_not_a_replay(ckpt) -> None:
+    rec = make_rec(ckpt)
+    first = rec.process([inc("u", "i5", 0.0, 10, partition=0)], now=0.0)[0]
+    other = rec.process([inc("u", "i5", 0.0, 10, first.state_blob, partition=1)], now=0.0)[0]
+    assert not other.replayed
+
+
+def test_undecodable_and_foreign_states_are_reset(ckpt) -> None:
+    rec = make_rec(ckpt)
+    assert rec.process([inc("u", "i1", 0.0, 0, b"garbage")], now=0.0)[0].reset_reason == "undecodable"
+    other = make_rec(ckpt)
+    other.model_version = "another"
+    blob = other.process([inc("u", "i1", 0.0, 0)], now=0.0)[0].state_blob
+    assert rec.process([inc("u", "i1", 0.0, 1, blob)], now=0.0)[0].reset_reason == "model_version"
+
+
+def test_batch_equals_click_by_click_with_same_user_twice(ckpt) -> None:
+    clicks = [("a", "i1", 1.0), ("b", "i2", 1.0), ("a", "i3", 2.0), ("a", "i4", 3.0), ("b", "zz", 4.0)]
+    seq = run_seq(make_rec(ckpt), clicks)
+    rec = make_rec(ckpt)
+    outs = rec.process([inc(u, i, ts, off) for off, (u, i, ts) in enumerate(clicks)], now=5.0)
+    last: dict[str, bytes] = {}
+    for (u, _, _), o in zip(clicks, outs):
+        last[u] = o.state_blob
+    for u in ("a", "b"):
+        np.testing.assert_allclose(decode(last[u]).hidden, decode(seq[u]).hidden, atol=1e-5)
+    assert [o.recommendation.user_id for o in outs] == [u for u, _, _ in clicks]
+
+
+def test_online_rank_scores_the_previous_list(ckpt) -> None:
+    rec = make_rec(ckpt, k=20)
+    first = rec.process([inc("u", "i5", 0.0, 0)], now=0.0)[0]
+    target = first.recommendation.items[2]
+    second = rec.process([inc("u", target, 1.0, 1, first.state_blob)], now=1.0)[0]
+    assert first.online_rank is None and second.online_rank == 3
+
+
+def test_recent_items_are_excluded(ckpt) -> None:
+    rec = make_rec(ckpt, k=45, recent_items=3)
+    blob = None
+    for off, item in enumerate(["i1", "i2", "i3"]):
+        out = rec.process([inc("u", item, float(off), off, blob)], now=0.0)[0]
+        blob = out.state_blob
+    assert not {"i1", "i2", "i3"} & set(out.recommendation.items)

@@ -1,0 +1,96 @@
+"""Click validation: every bad input has a reason; valid input is normalised."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from stream_app.errors import InvalidClick
+from stream_app.validate import decode_click
+
+NOW = 1_700_000_000.0
+
+
+def dec(value: bytes | None, key: bytes | None = b"u1", max_bytes: int = 4096):
+    return decode_click(value, key, max_bytes=max_bytes, now=NOW, max_future_skew_s=3600)
+
+
+def reason(value: bytes | None, key: bytes | None = b"u1", max_bytes: int = 4096) -> str:
+    with pytest.raises(InvalidClick) as info:
+        dec(value, key, max_bytes)
+    return info.value.reason
+
+
+def test_valid_click_with_int_item() -> None:
+    c = dec(b'{"user_id":"u1","item_id":42,"ts":1600000000,"event_type":"view"}')
+    assert (c.user_id, c.item_id, c.ts, c.event_type) == ("u1", "42", 1.6e9, "view")
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (b"not json", "not_json"),
+        (b"[1,2]", "not_object"),
+        (b'"str"', "not_object"),
+        (b'{"item_id":1,"ts":1}', "missing_field"),
+        (b'{"user_id":"u1","ts":1}', "missing_field"),
+        (b'{"user_id":"u1","item_id":1}', "missing_field"),
+        (b'{"user_id":5,"item_id":1,"ts":1}', "bad_type"),
+        (b'{"user_id":"u1","item_id":true,"ts":1}', "bad_type"),
+        (b'{"user_id":"u1","item_id":1.5,"ts":1}', "bad_type"),
+        (b'{"user_id":"u1","item_id":1,"ts":"yesterday"}', "bad_type"),
+        (b'{"user_id":"u1","item_id":1,"ts":NaN}', "non_finite_time"),
+        (b'{"user_id":"u1","item_id":1,"ts":Infinity}', "non_finite_time"),
+        (b'{"user_id":"u1","item_id":1,"ts":-5}', "bad_value"),
+        (b'{"user_id":"u1","item_id":1,"ts":1e300}', "future_time"),
+        (b'{"user_id":"","item_id":1,"ts":1}', "bad_value"),
+        (b'{"user_id":"u1","item_id":"","ts":1}', "bad_value"),
+        (b'{"user_id":"u1","user_id":"u1","item_id":1,"ts":1}', "duplicate_key"),
+        (b'{"user_id":"u1","item_id":1,"ts":1,"event_type":3}', "bad_type"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (None, "empty"),
+    ],
+)
+def test_bad_input_reasons(value: bytes | None, expected: str) -> None:
+    assert reason(value) == expected
+
+
+def test_too_large_is_checked_before_parsing() -> None:
+    assert reason(b" " * 5000, max_bytes=4096) == "too_large"
+
+
+def test_key_must_match_user() -> None:
+    body = b'{"user_id":"u1","item_id":1,"ts":1}'
+    assert reason(body, key=b"u2") == "key_mismatch"
+    assert reason(body, key=None) == "key_mismatch"
+
+
+def test_very_long_ids_are_refused() -> None:
+    body = json.dumps({"user_id": "u1", "item_id": "x" * 300, "ts": 1}).encode()
+    assert reason(body) == "bad_value"
+
+
+def test_deep_nesting_is_not_json() -> None:
+    assert reason(b"[" * 100000, max_bytes=10**6) in {"not_json", "not_object"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_invalid_click(value: bytes) -> None:
+    try:
+        dec(value)
+    except InvalidClick as exc:
+        assert exc.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["user_id", "item_id", "ts", "event_type", "x"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                                 st.text(max_size=20), st.lists(st.integers(), max_size=3))))
+def test_random_objects_only_raise_invalid_click(body: dict) -> None:
+    try:
+        dec(json.dumps(body).encode(), key=str(body.get("user_id")).encode())
+    except InvalidClick as exc:
+        assert exc.reason

@@ -9,6 +9,7 @@ from typing import Any
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stream_app import openapi
 from stream_app.app import Wiring
 from stream_app.errors import InvalidClick
 from stream_app.metrics import Metrics
@@ -170,6 +171,15 @@ class Shell:
         }
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamrec")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
 def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> Shell:
     """Register the agent, the timers and the HTTP pages on the app."""
     app = wiring.app
@@ -199,6 +209,10 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
         shell.update_gauges()
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/openapi.json")
+    async def openapi_page(web: Any, request: Any) -> Any:
+        return web.json(openapi.spec(_package_version()))
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
@@ -216,5 +230,5 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
             return web.json({"error": "unknown user", "user_id": user_id}, status=404)
         return web.json(body)
 
-    del process_clicks, refresh_gauges, on_revoked, on_assigned, metrics_page, healthz, readyz, user_recommendations
+    del openapi_page, process_clicks, refresh_gauges, on_revoked, on_assigned, metrics_page, healthz, readyz, user_recommendations
     return shell

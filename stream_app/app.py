@@ -51,7 +51,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         store="rocksdb://",
         datadir=str(w.data_dir),
         web_enabled=True,
-        web_bind=w.web_host,
+        web_bind=w.web_bind or w.web_host,
         web_host=w.web_host,
         web_port=w.web_port,
         topic_partitions=settings.topics.partitions,
@@ -63,12 +63,14 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     )
     if k.embedded:
         # Tansu: group joins wait half the session timeout; ListOffsets(latest)
-        # under-reports multi-record batches (changelog recovery would lose data).
+        # under-reports multi-record batches (build() then reads changelog ends
+        # from Fetch high watermarks; max batch size 1 is the older workaround).
         config.update(
             broker_session_timeout=k.embedded_session_timeout_s,
             broker_heartbeat_interval=k.embedded_heartbeat_interval_s,
-            producer_max_batch_size=k.embedded_producer_max_batch_size,
         )
+        if k.embedded_producer_max_batch_size > 0:
+            config.update(producer_max_batch_size=k.embedded_producer_max_batch_size)
     return config
 
 
@@ -88,6 +90,10 @@ def rocksdb_options(settings: Settings) -> dict[str, Any]:
 def build(settings: Settings) -> Wiring:
     """The app with raw-bytes topics (the worker validates input itself) and the state table."""
     app = faust.App(settings.worker.app_id, **faust_config(settings))
+    if settings.kafka.embedded and settings.kafka.embedded_fetch_highwaters:
+        from stream_app.tansu import install
+
+        install(app)  # before any topic: table recovery reads changelog ends from Fetch
     t = settings.topics
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     clicks = app.topic(t.clicks, partitions=t.partitions, **raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
@@ -77,6 +78,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(), args)
 
 
+# Modules that add their own sub-commands with ``register(subparsers)``; each is
+# imported only when the parser is built, and imports its heavy parts lazily.
+COMMAND_MODULES = ("stream_app.offline_cli", "stream_app.chaos", "stream_app.bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,12 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="var/demo", help="model cache and worker data")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from stream_app.offline_cli import register
-    except ImportError:  # pragma: no cover - offline commands not installed
-        pass
-    else:
-        register(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

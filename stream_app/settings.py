@@ -23,11 +23,13 @@ class KafkaSettings(BaseModel):
     # True when the brokers are the embedded Tansu one (set by whoever started it):
     # then, and only then, the quirk settings below apply. Tansu answers a group
     # join after half the session timeout, and its ListOffsets(latest) is wrong
-    # for multi-record batches.
+    # for multi-record batches: changelog ends are then read from Fetch high
+    # watermarks (stream_app/tansu.py), so producers keep their batching.
     embedded: bool = False
     embedded_session_timeout_s: float = 6.0
     embedded_heartbeat_interval_s: float = 1.0
-    embedded_producer_max_batch_size: int = 1
+    embedded_fetch_highwaters: bool = True
+    embedded_producer_max_batch_size: int = Field(0, ge=0, description="0 = Faust's batching; 1 = one record per batch")
 
     @property
     def needs_embedded(self) -> bool:
@@ -72,7 +74,8 @@ class WorkerSettings(BaseModel):
 
     app_id: str = "streamrec"
     data_dir: Path = Path("var/data")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="host name other workers and clients reach this one at")
+    web_bind: str = Field("", description="address the HTTP server binds to; empty = web_host (0.0.0.0 in containers)")
     web_port: int = Field(6066, ge=0, le=65535)
     standby_replicas: int = Field(0, ge=0)
     batch_max: int = Field(64, ge=1)

@@ -76,7 +76,7 @@ def test_worker() -> None:
     assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     env = _env(worker)
     assert env["STREAMREC_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
-    assert env["STREAMREC_WORKER__WEB_HOST"] == "0.0.0.0"
+    assert env["STREAMREC_WORKER__WEB_BIND"] == "0.0.0.0" and env["STREAMREC_WORKER__WEB_HOST"] == "worker"
     volumes = worker["volumes"]
     assert f"streamrec-data:{env['STREAMREC_WORKER__DATA_DIR']}" in volumes
     assert any(v.endswith(":/models:ro") for v in volumes)

@@ -112,7 +112,7 @@ def test_statefulset_wiring() -> None:
     assert port_names["http"] == int(cm["data"]["STREAMREC_WORKER__WEB_PORT"])
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert cm["data"]["STREAMREC_WORKER__WEB_HOST"] == "0.0.0.0"
+    assert cm["data"]["STREAMREC_WORKER__WEB_BIND"] == "0.0.0.0"
 
     # one core, about 1.5 GiB, Guaranteed QoS
     res = container["resources"]

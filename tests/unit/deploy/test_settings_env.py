@@ -19,7 +19,7 @@ AGREED = frozenset({
     "STREAMREC_TOPICS__PARTITIONS", "STREAMREC_TOPICS__REPLICATION_FACTOR",
     "STREAMREC_MODEL__PATH", "STREAMREC_MODEL__K", "STREAMREC_MODEL__EXCLUDE_CLICKED",
     "STREAMREC_SESSION__GAP_S", "STREAMREC_SESSION__KEEP_ACROSS_SESSIONS", "STREAMREC_SESSION__STATE_TTL_S",
-    "STREAMREC_WORKER__APP_ID", "STREAMREC_WORKER__DATA_DIR", "STREAMREC_WORKER__WEB_HOST",
+    "STREAMREC_WORKER__APP_ID", "STREAMREC_WORKER__DATA_DIR", "STREAMREC_WORKER__WEB_HOST", "STREAMREC_WORKER__WEB_BIND",
     "STREAMREC_WORKER__WEB_PORT", "STREAMREC_WORKER__STANDBY_REPLICAS", "STREAMREC_WORKER__BATCH_MAX",
     "STREAMREC_WORKER__BATCH_MS", "STREAMREC_WORKER__TORCH_THREADS", "STREAMREC_WORKER__ROCKSDB_BLOCK_CACHE_BYTES",
     "STREAMREC_WORKER__MAX_EVENT_BYTES",
@@ -42,7 +42,8 @@ def _k8s_env() -> dict[str, str]:
     sts = yaml.safe_load((K8S / "statefulset.yaml").read_text(encoding="utf-8"))
     for c in sts["spec"]["template"]["spec"]["containers"]:
         for e in c.get("env", []):
-            env[e["name"]] = e.get("value", "from-a-secret")
+            if e["name"].startswith("STREAMREC_"):  # POD_NAME and the like only feed $(...) references
+                env[e["name"]] = e.get("value", "from-a-secret")
     return env
 
 

@@ -1,0 +1,9 @@
+"""Placeholder: `streamrec bench` is being written."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds no command yet."""

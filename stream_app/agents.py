@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from typing import Any
@@ -114,6 +115,60 @@ class Shell:
                 m.online_hits.inc()
                 m.online_rr.inc(1.0 / out.online_rank)
 
+    # -- inactive users -----------------------------------------------------------
+
+    def active_partitions(self) -> set[int]:
+        """Changelog partitions this worker owns (standby copies are not ours to expire)."""
+        topic = self.w.table.changelog_topic_name
+        try:
+            actives = self.w.app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - not assigned yet
+            return set()
+        return {tp.partition for tp in actives if tp.topic == topic}
+
+    def expire_partition(self, partition: int, now: float) -> int:
+        """Remove users idle longer than ``session.state_ttl_s`` from one owned partition.
+
+        ``del table[key]`` cannot be used here: it needs a current event and
+        picks that event's partition. Instead the user is deleted from that
+        partition's RocksDB database and a tombstone is sent to the same
+        changelog partition, so a rebuild or a standby drops the user too.
+        Synchronous on purpose: no click is processed between the read that
+        finds a user idle and the delete.
+        """
+        store = self.w.table.data
+        db = store._dbs.get(partition)
+        if db is None:
+            return 0
+        ttl = self.s.session.state_ttl_s
+        expired: list[bytes] = []
+        for key, blob in db.items():
+            if key == store.offset_key:
+                continue
+            try:
+                last_seen = decode(blob).last_seen
+            except StateDecodeError:
+                continue  # reset (and counted) by its next click
+            if now - last_seen > ttl:
+                expired.append(key)
+        for key in expired:
+            db.delete(key)
+            store._key_index.pop(key, None)
+            self.w.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
+        if expired:
+            self.m.state_resets.labels("ttl").inc(len(expired))
+        return len(expired)
+
+    async def expire_idle_users(self) -> int:
+        """One sweep over the owned partitions; skipped while recovering or rebalancing."""
+        removed = 0
+        for partition in sorted(self.active_partitions()):
+            if not self.ready():
+                break
+            removed += self.expire_partition(partition, time.time())
+            await asyncio.sleep(0)  # let the agent run between partitions
+        return removed
+
     # -- health -----------------------------------------------------------------
 
     def ready(self) -> bool:
@@ -194,6 +249,12 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     @app.timer(interval=1.0)
     async def refresh_gauges() -> None:
         shell.update_gauges()
+
+    ttl = settings.session.state_ttl_s
+    if ttl > 0:
+        @app.timer(interval=max(1.0, min(ttl / 4.0, 60.0)), on_leader=False)
+        async def expire_idle_users() -> None:
+            await shell.expire_idle_users()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:

@@ -1,9 +1,383 @@
-"""Placeholder: `streamrec chaos` is being written."""
+"""`streamrec chaos`: each fault injected under steady traffic on the embedded broker, then checked for losses.
+
+Faults: the worker SIGKILLed three times, one of two workers SIGKILLed (its
+partitions move, standby replicas on), the data dir deleted between restarts,
+the broker frozen (SIGSTOP) and resumed, a SIGTERM in the middle of a batch.
+After each: every valid click has at least one list, every bad message a
+dead letter, and every user's final state (read from the changelog) equals a
+clean fault-free replay of the same clicks (atol 1e-5).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from stream_app.settings import Settings
+
+FAULTS = ("sigkill x3", "rebalance: 1 of 2 killed", "data dir deleted", "broker frozen", "sigterm mid-batch")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big each fault run is."""
+
+    name: str
+    rate: float  # clicks per second of steady traffic
+    min_clicks: int  # traffic goes on after the fault until this many messages are sent
+    users: int
+    gap_s: float  # seconds of traffic before a fault (and between the three kills)
+    tail_s: float  # seconds of traffic after the fault
+    freeze_s: float
+    burst: int  # clicks sent at once just before the SIGTERM
+
+
+QUICK = Profile("quick", rate=50.0, min_clicks=0, users=40, gap_s=3.0, tail_s=3.0, freeze_s=5.0, burst=300)
+FULL = Profile("full", rate=120.0, min_clicks=0, users=200, gap_s=8.0, tail_s=10.0, freeze_s=10.0, burst=1000)
+
+
+@dataclass
+class FaultResult:
+    fault: str
+    clicks: int
+    lost: int
+    duplicated: int
+    state_mismatches: int
+    recovery_s: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == 0 and self.state_mismatches == 0 and self.detail.get("dead_letters_lost", 0) == 0
+                and not self.detail.get("error"))
+
+    def row(self) -> dict[str, Any]:
+        return {"fault": self.fault, "clicks": self.clicks, "lost": self.lost, "duplicated": self.duplicated,
+                "state_mismatches": self.state_mismatches, "recovery_s": round(self.recovery_s, 2),
+                "ok": self.ok, "detail": self.detail}
+
+
+class FaultEnv:
+    """One broker, fresh topics and group, workers with their own ports and data dirs; kills everything on exit."""
+
+    def __init__(self, model_path: Path, root: Path, standby: int = 0, loglevel: str = "WARNING") -> None:
+        from stream_app.broker import EmbeddedBroker
+
+        self.root = root
+        self.broker = EmbeddedBroker().start()
+        tag = uuid.uuid4().hex[:8]
+        base = Settings().with_embedded_broker(self.broker.bootstrap_servers)
+        self.settings = base.model_copy(update={
+            "topics": base.topics.model_copy(update={
+                "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}",
+                "partitions": 4}),
+            "model": base.model.model_copy(update={"path": model_path}),
+            "worker": base.worker.model_copy(update={
+                "app_id": f"chaos-{tag}", "data_dir": root / "data", "standby_replicas": standby,
+                "loglevel": loglevel, "web_port": 0}),
+        })
+        self.workers: list[Any] = []
+        from stream_app.topics import ensure_topics
+
+        ensure_topics(self.settings)
+
+    def data_dir(self, name: str) -> Path:
+        return self.root / f"data-{name}"
+
+    def worker(self, name: str) -> Any:
+        """Start worker ``name`` (its data dir and log are named after it); not waited for."""
+        from stream_app.harness import WorkerProcess
+
+        s = self.settings
+        s = s.model_copy(update={"worker": s.worker.model_copy(update={"data_dir": self.data_dir(name)})})
+        w = WorkerProcess(s, log_path=self.root / f"worker-{name}.log").start()
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop(timeout_s=30)
+        self.broker.stop()
+
+
+# -- the faults: each starts its workers, runs the traffic, injects, returns fault-end times ------------------
+
+
+def _sigkill_x3(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    w = env.worker("a")
+    w.wait_ready()
+    traffic.start()
+    ends = []
+    for _ in range(3):
+        time.sleep(p.gap_s)
+        ends.append(time.time())
+        w.kill()
+        w = env.worker("a")
+        w.wait_ready()
+    return ends
+
+
+def _rebalance(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    a, b = env.worker("a"), env.worker("b")
+    a.wait_ready()
+    b.wait_ready()
+    _wait_both_ready(a, b)
+    traffic.start()
+    time.sleep(p.gap_s)
+    detail["b_clicks_before_kill"] = _clicks_consumed(b)
+    end = time.time()
+    b.kill()
+    time.sleep(p.gap_s)
+    a.wait_ready()
+    return [end]
+
+
+def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    w = env.worker("a")
+    w.wait_ready()
+    traffic.start()
+    time.sleep(p.gap_s)
+    end = time.time()
+    w.kill()
+    shutil.rmtree(env.data_dir("a"), ignore_errors=True)
+    w = env.worker("a")
+    detail["rebuild_ready_s"] = round(w.wait_ready(), 2)
+    return [end]
+
+
+def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    w = env.worker("a")
+    w.wait_ready()
+    traffic.start()
+    time.sleep(p.gap_s)
+    env.broker.freeze()
+    try:
+        time.sleep(p.freeze_s)
+    finally:
+        env.broker.thaw()
+    detail["frozen_s"] = p.freeze_s
+    end = time.time()
+    w.wait_ready()
+    return [end]
+
+
+def _sigterm_mid_batch(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    w = env.worker("a")
+    w.wait_ready()
+    traffic.start()
+    time.sleep(p.gap_s)
+    traffic.burst(p.burst)  # the worker is now busy with a backlog of full batches
+    time.sleep(0.05)
+    end = time.time()
+    started = time.monotonic()
+    code = w.stop(timeout_s=env.settings.worker.shutdown_grace_s + 10)
+    detail["shutdown_s"] = round(time.monotonic() - started, 2)
+    detail["exit_code"] = code
+    w = env.worker("a")
+    w.wait_ready()
+    return [end]
+
+
+PROCEDURES: dict[str, tuple[Callable[..., list[float]], int]] = {
+    FAULTS[0]: (_sigkill_x3, 0),
+    FAULTS[1]: (_rebalance, 1),
+    FAULTS[2]: (_data_dir_deleted, 0),
+    FAULTS[3]: (_broker_frozen, 0),
+    FAULTS[4]: (_sigterm_mid_batch, 0),
+}
+
+
+def _wait_both_ready(*workers: Any, timeout_s: float = 60.0) -> None:
+    """Until every worker answers /readyz 200 at once (the second join rebalances the first)."""
+    from stream_app.harness import http_get
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if all(http_get(w.base_url + "/readyz")[0] == 200 for w in workers):
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("workers never ready together")
+
+
+def _clicks_consumed(worker: Any) -> int:
+    """Clicks a worker has read so far (0 if it does not answer): proves it owned partitions."""
+    from stream_app.harness import parse_metrics
+
+    try:
+        return int(parse_metrics(worker.metrics()).get("streamrec_clicks_consumed_total", 0))
+    except OSError:
+        return 0
+
+
+# -- running one fault and checking it --------------------------------------------------------------------------
+
+
+def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_clicks: int = 0,
+              drain_timeout_s: float = 90.0, log: Callable[[str], None] = lambda s: None) -> FaultResult:
+    """Inject one fault under steady traffic; count lost and duplicated lists and state mismatches."""
+    from stream_app.traffic import Traffic, clicks_stream
+
+    procedure, standby = PROCEDURES[name]
+    root.mkdir(parents=True, exist_ok=True)
+    env = FaultEnv(model_path, root, standby=standby)
+    detail: dict[str, Any] = {}
+    try:
+        from stream_app.worker import load_recommender
+
+        recommender, _ = load_recommender(env.settings)
+        items = recommender.item_ids[:50]
+        traffic = Traffic(env.settings, clicks_stream(items, profile.users, seed=zlib.crc32(name.encode()) % 1000, bad_every=40),
+                          rate=profile.rate)
+        started = time.monotonic()
+        log(f"{name}: injecting")
+        ends = procedure(env, traffic, profile, detail)
+        time.sleep(profile.tail_s)
+        wanted = max(min_clicks, profile.min_clicks)
+        while traffic.count < wanted:
+            time.sleep(0.2)
+        sent = traffic.stop()
+        log(f"{name}: {len(sent)} messages sent in {time.monotonic() - started:.0f}s, draining")
+        return _check(name, env, sent, ends, recommender, detail, drain_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a fault run that breaks is a failed row, not a crash
+        detail["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return FaultResult(name, 0, -1, 0, -1, -1.0, detail)
+    finally:
+        env.close()
+        if not detail.get("error"):  # keep the worker logs of a broken run
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recommender: Any,
+           detail: dict[str, Any], drain_timeout_s: float) -> FaultResult:
+    from stream_app.harness import TopicReader, recommendations
+    from stream_app.records import DEAD_LETTER_SOURCE_HEADER
+    from stream_app.verify import delivery, final_states, reference_states, state_mismatches
+
+    s = env.settings
+    valid = [m for m in sent if m.valid and m.position is not None]
+    bad = [m for m in sent if not m.valid and m.position is not None]
+    detail["not_produced"] = sum(1 for m in sent if m.position is None)
+    wanted = {m.position for m in valid}
+    reader = TopicReader(s, s.topics.recommendations)
+    records: list[Any] = []
+    deadline = time.monotonic() + drain_timeout_s
+    seen: set[Any] = set()
+    while time.monotonic() < deadline and not wanted <= seen:
+        batch = reader.poll()
+        records.extend(batch)
+        seen.update(_positions(batch))
+    records.extend(reader.read_until(0, 0, idle_s=1.0))
+    reader.close()
+    recs = recommendations(records)
+    dlq_reader = TopicReader(s, s.topics.dead_letter)
+    dlq = dlq_reader.read_until(len(bad), 30, idle_s=0.5)
+    dlq_reader.close()
+    for w in env.workers:  # a clean stop flushes the last changelog writes
+        w.stop(timeout_s=30)
+    got = final_states(s)
+    want = reference_states(s, [(m.key, m.value) for m in valid], [m.position for m in valid], recommender)
+    problems = state_mismatches(got, want)
+    d = delivery(wanted, recs)
+    dlq_sources = {dict(r.headers or []).get(DEAD_LETTER_SOURCE_HEADER, b"").decode() for r in dlq}
+    detail["dead_letters_lost"] = sum(1 for m in bad if f"{s.topics.clicks}/{m.position[0]}/{m.position[1]}"
+                                      not in dlq_sources)
+    detail["bad_input"] = len(bad)
+    detail["replayed"] = d.replayed
+    detail["users"] = len(want)
+    if problems:
+        detail["mismatch_examples"] = problems[:5]
+    if d.lost:
+        detail["lost_examples"] = d.lost[:5]
+    return FaultResult(name, len(valid), len(d.lost), d.duplicated, len(problems),
+                       recovery_seconds(recs, ends, s.topics.partitions), detail)
+
+
+def _positions(records: list[Any]) -> list[tuple[int, int]]:
+    out = []
+    for r in records:
+        src = json.loads(r.value)["source"]
+        out.append((int(src["partition"]), int(src["offset"])))
+    return out
+
+
+def recovery_seconds(recs: list[Any], ends: list[float], partitions: int) -> float:
+    """Worst, over the faults, of: fault end -> every partition publishes a list again."""
+    worst = 0.0
+    for end in ends:
+        first: dict[int, float] = {}
+        for r in recs:
+            if r.produced_ts >= end:
+                p = r.source.partition
+                first[p] = min(first.get(p, r.produced_ts), r.produced_ts)
+        if len(first) < partitions:
+            return float("nan")
+        worst = max(worst, max(first.values()) - end)
+    return worst
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def format_table(results: list[FaultResult]) -> str:
+    head = f"{'fault':<26} {'clicks':>7} {'lost':>5} {'duplicated':>10} {'state_mismatches':>16} {'recovery_s':>10}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.fault:<26} {r.clicks:>7} {r.lost:>5} {r.duplicated:>10} {r.state_mismatches:>16} "
+                     f"{r.recovery_s:>10.1f}" + ("" if r.ok else "   FAILED " + str(r.detail.get("error", ""))))
+    return "\n".join(lines)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from stream_app.traffic import json_line, small_checkpoint
+
+    if args.soak:
+        from stream_app.soak import cmd_soak
+
+        return cmd_soak(args)
+    profile = QUICK if args.quick else FULL
+    work = Path(args.work_dir)
+    model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
+    faults = [f for f in FAULTS if not args.only or any(o in f for o in args.only)]
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    started = time.monotonic()
+    results = []
+    for i, name in enumerate(faults):
+        r = run_fault(name, profile, model, work / f"run-{i}", min_clicks=args.clicks, log=say)
+        say(f"{name}: clicks {r.clicks}, lost {r.lost}, duplicated {r.duplicated}, "
+            f"state mismatches {r.state_mismatches}, recovery {r.recovery_s:.1f}s {r.detail}")
+        results.append(r)
+    elapsed = time.monotonic() - started
+    table = format_table(results)
+    print(table, file=sys.stderr if args.json else sys.stdout, flush=True)
+    ok = all(r.ok for r in results)
+    if args.json:
+        print(json_line({"rows": [r.row() for r in results], "profile": profile.name, "rate": profile.rate,
+                         "elapsed_s": round(elapsed, 1), "ok": ok}), flush=True)
+    else:
+        print(f"{'all faults passed' if ok else 'FAILURES'} ({profile.name}, {elapsed:.0f}s)", flush=True)
+    return 0 if ok else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds no command yet."""
+    p = subparsers.add_parser("chaos", help="inject faults under steady traffic on the embedded broker; "
+                              "count lost lists and state mismatches")
+    p.add_argument("--quick", action="store_true", help="every fault at a small size (a few minutes)")
+    p.add_argument("--json", action="store_true", help="the last line is one JSON object {\"rows\": [...]}")
+    p.add_argument("--clicks", type=int, default=0, help="at least N messages of traffic per fault")
+    p.add_argument("--only", action="append", default=[], help="run only faults whose name contains this")
+    p.add_argument("--model", default=None, help="checkpoint to serve (default: a small random GRU)")
+    p.add_argument("--work-dir", default="var/chaos", help="model, data dirs and worker logs")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="instead: measure the saturated rate, then run SECONDS at half of it")
+    p.set_defaults(func=cmd_chaos)

@@ -16,6 +16,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from stream_app.ranking import ExactRanker, Ranker, TopK
 from stream_app.records import Click, Recommendation, Source
 from stream_app.state import StateDecodeError, UserState, decode, encode
 
@@ -26,10 +27,14 @@ class StepModel(Protocol):
     """What the core needs of a network (models.rnn.SessionRNN satisfies it)."""
 
     state_size: int
+    out_emb: torch.Tensor  # (N, H) output item embeddings
+    out_bias: torch.Tensor | None  # (N,)
 
-    def step(self, state: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def input_table(self) -> torch.Tensor: ...
 
-    def score(self, state: torch.Tensor) -> torch.Tensor: ...
+    def advance(self, state: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def output_vector(self, state: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,11 @@ class Recommender:
         item_counts: Sequence[float] | np.ndarray,
         model_version: str,
         policy: Policy,
+        ranker: Ranker | None = None,
     ) -> None:
         self.model = model
+        # exact top-k by batched products unless an ANN index is handed in (stream_app/ranking.py)
+        self.ranker: Ranker = ranker if ranker is not None else ExactRanker(model.out_emb, model.out_bias)
         self.item_ids = list(item_ids)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
         self.model_version = model_version
@@ -162,6 +170,9 @@ class Recommender:
         counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float32))  # (N,)
         self.popularity = counts / counts.sum().clamp(min=1.0)  # (N,)
         self.k = min(policy.k, len(self.item_ids))
+        # the popularity list is the same for everyone: rank it once, filter per row
+        pop = torch.topk(self.popularity, min(len(self.item_ids), self.k + 33))
+        self._popular = (pop.values.tolist(), pop.indices.tolist())
 
     def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
         """Apply a micro-batch in order; one batched model call per wave and action."""
@@ -191,8 +202,8 @@ class Recommender:
                 if load_reason is not None and plan.reset_reason is None:
                     plan = Plan(plan.action, plan.start, plan.item, load_reason, plan.replayed, plan.online_rank)
                 plans.append(plan)
-            hidden, scores = self._run(plans)  # (W, S) | None per row, (W, N)
-            top_scores, top_items = self._top_k(plans, scores)
+            hidden, top = self._run(plans)  # (W, S) | None per row, top k per row
+            top_scores, top_items = top.values, top.indices
             for row, i in enumerate(wave):
                 inc, plan = batch[i], plans[row]
                 prior, load_reason, new_user = current[inc.click.user_id]
@@ -229,53 +240,53 @@ class Recommender:
                 current[inc.click.user_id] = (current[inc.click.user_id][0], None, False)
         return [o for o in outcomes if o is not None]
 
-    def _run(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], torch.Tensor]:
-        """Batched step for STEP rows, batched score for SCORE rows, popularity for the rest."""
+    def _run(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], TopK]:
+        """Batched step for STEP rows, ranked with SCORE rows in one ranker call; popularity for the rest."""
         n_rows = len(plans)
-        scores = self.popularity.expand(n_rows, -1).clone()  # (W, N)
         hidden: list[np.ndarray | None] = [None] * n_rows
+        values: list[list[float]] = [[] for _ in range(n_rows)]
+        indices: list[list[int]] = [[] for _ in range(n_rows)]
+        exclude = [self._excluded(p) for p in plans]
         step_rows = [r for r, p in enumerate(plans) if p.action is Action.STEP]
         score_rows = [r for r, p in enumerate(plans) if p.action is Action.SCORE]
+        states: list[torch.Tensor] = []
         with torch.inference_mode():
             if step_rows:
                 h0 = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in step_rows]))  # (B, S)
                 items = torch.tensor([plans[r].item for r in step_rows], dtype=torch.long)  # (B,)
-                h1, s = self.model.step(h0, items)  # (B, S), (B, N)
-                scores[step_rows] = s
+                h1, _ = self.model.advance(h0, self.model.input_table()[items])  # (B, S)
                 h1_np = h1.numpy()
                 for j, r in enumerate(step_rows):
                     hidden[r] = h1_np[j].copy()
+                states.append(h1)
             if score_rows:
-                h = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in score_rows]))  # (B, S)
-                scores[score_rows] = self.model.score(h)  # (B, N)
+                states.append(torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in score_rows])))  # (B, S)
                 for r in score_rows:
                     hidden[r] = plans[r].start.hidden if plans[r].start is not None else None
-        return hidden, scores
+            model_rows = step_rows + score_rows
+            if model_rows:
+                state = states[0] if len(states) == 1 else torch.cat(states)  # (B, S)
+                top = self.ranker.top_k(self.model.output_vector(state), self.k,  # (B, H)
+                                        [exclude[r] for r in model_rows])
+                for j, r in enumerate(model_rows):
+                    values[r], indices[r] = top.values[j], top.indices[j]
+        pop_values, pop_items = self._popular
+        for r, p in enumerate(plans):
+            if p.action is Action.POPULAR:
+                keep = [j for j, i in enumerate(pop_items) if i not in exclude[r]][: self.k]
+                values[r], indices[r] = [pop_values[j] for j in keep], [pop_items[j] for j in keep]
+        return hidden, TopK(values, indices)
 
     def _hidden_of(self, plan: Plan) -> np.ndarray:
         if plan.start is not None and plan.start.hidden is not None:
             return plan.start.hidden
         return np.zeros(self.model.state_size, dtype=np.float32)
 
-    def _top_k(self, plans: Sequence[Plan], scores: torch.Tensor) -> tuple[list[list[float]], list[list[int]]]:
-        """Top k per row with the user's recent items (and this click) masked out."""
-        if self.policy.exclude_clicked:
-            rows: list[int] = []
-            cols: list[int] = []
-            for r, p in enumerate(plans):
-                masked = set(p.start.recent) if p.start is not None else set()
-                if p.item is not None:
-                    masked.add(p.item)
-                rows.extend([r] * len(masked))
-                cols.extend(masked)
-            if rows:
-                scores[rows, cols] = float("-inf")
-        top = torch.topk(scores, self.k, dim=1)  # (W, k)
-        values, indices = top.values.tolist(), top.indices.tolist()
-        # A tiny catalogue can run out of unmasked items: drop the masked tail.
-        for r in range(len(values)):
-            keep = [j for j, v in enumerate(values[r]) if v != float("-inf")]
-            if len(keep) < len(values[r]):
-                values[r] = [values[r][j] for j in keep]
-                indices[r] = [indices[r][j] for j in keep]
-        return values, indices
+    def _excluded(self, plan: Plan) -> frozenset[int]:
+        """The user's recent items and this click, left out of the list."""
+        if not self.policy.exclude_clicked:
+            return frozenset()
+        masked = set(plan.start.recent) if plan.start is not None else set()
+        if plan.item is not None:
+            masked.add(plan.item)
+        return frozenset(masked)

@@ -59,6 +59,12 @@ class ModelSettings(BaseModel):
     k: int = Field(20, ge=1, le=1000)
     exclude_clicked: bool = True
     recent_items: int = Field(5, ge=0, le=32)
+    # exact: one batched product over all items (default); ann: faiss IVF index
+    # (max inner product over [item embedding, bias]), for catalogues of 1M+ items
+    index: Literal["exact", "ann"] = "exact"
+    ann_lists: int = Field(0, ge=0, description="IVF cells; 0 = about 4 sqrt(items)")
+    ann_probes: int = Field(32, ge=1, description="cells scanned per query")
+    ann_cache_dir: str = Field("", description="where built indexes are kept (by model version); empty = build at start")
 
 
 class SessionSettings(BaseModel):

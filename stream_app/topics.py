@@ -49,12 +49,18 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
 
     deadline = time.monotonic() + timeout_s
     while True:
+        # kafka-python waits bootstrap_timeout_ms (30 s by default) per attempt:
+        # bound every attempt by what is left, so an unreachable broker fails
+        # within ``timeout_s``.
+        left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
         try:
-            return KafkaAdminClient(request_timeout_ms=int(timeout_s * 1000), **client_kwargs(settings))
+            return KafkaAdminClient(request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=left_ms,
+                                    **client_kwargs(settings))
         except (KafkaError, OSError, ValueError) as exc:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline - 0.5:
+                detail = str(exc).removeprefix(f"{exc.__class__.__name__}: ") or exc.__class__.__name__
                 raise BrokerError(
-                    f"cannot reach Kafka at {settings.kafka.bootstrap_servers!r}: {exc.__class__.__name__}: {exc}"
+                    f"cannot reach Kafka at {settings.kafka.bootstrap_servers!r} within {timeout_s:.0f}s: {detail}"
                 ) from exc
             time.sleep(0.5)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,10 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         counts = np.zeros(len(ckpt.item_ids), dtype=np.float32)
         for rank, i in enumerate(ckpt.popular(len(ckpt.item_ids))):
             counts[i] = len(ckpt.item_ids) - rank
-    rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy)
+    from stream_app.ranking import ranker_for
+
+    rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
+                      ranker=ranker_for(settings, ckpt.model, ckpt.version))
     return rec, ckpt
 
 
@@ -55,10 +60,38 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def run(settings: Settings) -> int:
-    """Blocks until the worker stops; returns the exit code."""
+def graceful_worker(app: Any, settings: Settings) -> Any:
+    """A faust Worker whose SIGTERM/SIGINT shutdown is bounded by ``worker.shutdown_grace_s``.
+
+    Faust stops the agents, commits the offsets of processed clicks and flushes
+    the producer and RocksDB on a signal; if that hangs (a broker gone mid-flush),
+    a watchdog thread exits the process hard after the grace period. Nothing is
+    lost then either: uncommitted clicks are redelivered and the replay guard
+    absorbs those already applied.
+    """
     from faust import Worker
 
+    grace = settings.worker.shutdown_grace_s
+
+    class GracefulWorker(Worker):  # type: ignore[misc, valid-type]
+        def _schedule_shutdown(self, signal: Any) -> None:
+            if not self._signal_stop_time:
+                watchdog = threading.Timer(grace, _hard_exit, args=(grace,))
+                watchdog.daemon = True
+                watchdog.start()
+            super()._schedule_shutdown(signal)
+
+    return GracefulWorker(app, loglevel=settings.worker.loglevel, quiet=True)
+
+
+def _hard_exit(grace: float) -> None:
+    print(f"streamrec worker: shutdown took longer than {grace:g}s (STREAMREC_WORKER__SHUTDOWN_GRACE_S); "
+          "exiting without a clean stop", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
+def run(settings: Settings) -> int:
+    """Blocks until the worker stops; returns the exit code."""
     from stream_app.agents import attach
     from stream_app.app import build
     from stream_app.topics import ensure_topics
@@ -83,7 +116,7 @@ def run(settings: Settings) -> int:
         f"http://{settings.worker.web_host}:{settings.worker.web_port}/metrics",
         flush=True,
     )
-    worker = Worker(wiring.app, loglevel=settings.worker.loglevel, quiet=True)
+    worker = graceful_worker(wiring.app, settings)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

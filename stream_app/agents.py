@@ -47,6 +47,7 @@ class Shell:
         self.last_offsets: dict[int, int] = {}
         self.last_click_ts = 0.0
         self._rebalance_started: float | None = None
+        self._users_counted = 0.0
 
     # -- the per-batch path --------------------------------------------------
 
@@ -107,8 +108,6 @@ class Shell:
             m.unknown_items.inc()
         if out.replayed:
             m.replayed.inc()
-        if out.new_user:
-            m.users.inc()
         if out.online_rank is not None:
             m.online_predictions.inc()
             if out.online_rank > 0:
@@ -195,6 +194,7 @@ class Shell:
             assigned = consumer.assignment()
         except Exception:  # noqa: BLE001 - not started or mid-rebalance
             return
+        self._count_users({tp.partition for tp in assigned if tp.topic == self.s.topics.clicks})
         for tp in assigned:
             if tp.topic != self.s.topics.clicks:
                 continue
@@ -203,6 +203,22 @@ class Shell:
                 continue
             done = self.last_offsets.get(tp.partition, -1) + 1
             self.m.lag_messages.labels(str(tp.partition)).set(max(0, int(high) - done))
+
+    def _count_users(self, active: set[int]) -> None:
+        """RocksDB's key estimate over this worker's active partitions (standbys excluded), every 10 s."""
+        now = time.monotonic()
+        if now - self._users_counted < 10.0:
+            return
+        self._users_counted = now
+        dbs = getattr(self.w.table.data, "_dbs", {})
+        total = 0
+        for partition, db in list(dbs.items()):
+            if partition in active:
+                try:
+                    total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+                except Exception:  # noqa: BLE001 - a closing database must not break the gauges
+                    continue
+        self.m.users.set(total)
 
     def rebalance_started(self) -> None:
         self.m.rebalances.inc()
@@ -259,6 +275,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         shell.rebalance_started()
+        metrics.lag_messages.clear()  # partitions may move: no stale per-partition series
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from typing import Any
@@ -24,6 +25,9 @@ from stream_app.records import (
 from stream_app.settings import Settings
 from stream_app.state import StateDecodeError, decode
 from stream_app.validate import decode_click
+
+
+log = logging.getLogger("streamrec.agents")
 
 
 def set_current_event(event: Any) -> None:
@@ -86,8 +90,10 @@ class Shell:
             valid.append((event, Incoming(click, source, blob)))
         if not valid:
             return
-        outcomes = self.rec.process([inc for _, inc in valid], now)
+        outcomes = await self._process_safely(valid, now)
         for (event, inc), out in zip(valid, outcomes):
+            if out is None:
+                continue
             # Faust writes a table key to the partition of the *current* event.
             set_current_event(event)
             if out.state_blob is not None:
@@ -97,6 +103,23 @@ class Shell:
             self._count(out, inc)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
+
+    async def _process_safely(self, valid: list[tuple[Any, Incoming]], now: float) -> list[Any]:
+        """The core on the whole batch; if it fails (a bug, not input), click by click, and a click
+        that still fails is dead-lettered as ``internal_error``: never a crash, never a silent drop."""
+        try:
+            return self.rec.process([inc for _, inc in valid], now)
+        except Exception:  # noqa: BLE001 - isolate the click that trips the bug
+            log.exception("core failed on a batch of %d clicks; retrying them one by one", len(valid))
+        outcomes: list[Any] = []
+        for event, inc in valid:
+            try:
+                outcomes.append(self.rec.process([inc], now)[0])
+            except Exception as exc:  # noqa: BLE001
+                log.exception("core failed on %s/%s/%s", inc.source.topic, inc.source.partition, inc.source.offset)
+                await self.dead_letter(event, InvalidClick("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+                outcomes.append(None)
+        return outcomes
 
     def _count(self, out: Any, inc: Incoming) -> None:
         m = self.m

@@ -16,16 +16,26 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
+def broker() -> Iterator[EmbeddedBroker | None]:
+    """The embedded broker, unless STREAMREC_KAFKA__BOOTSTRAP_SERVERS points the tests at a real cluster."""
+    if not Settings().kafka.needs_embedded:
+        yield None
+        return
     with EmbeddedBroker() as b:
         yield b
 
 
+@pytest.fixture(scope="session")
+def base_settings(broker: EmbeddedBroker | None) -> Settings:
+    configured = Settings()
+    return configured if broker is None else configured.with_embedded_broker(broker.bootstrap_servers)
+
+
 @pytest.fixture()
-def settings(broker: EmbeddedBroker, small_checkpoint: Path, tmp_path: Path) -> Settings:
+def settings(base_settings: Settings, small_checkpoint: Path, tmp_path: Path) -> Settings:
     """Settings for one test: its own topics, group and data dir on the shared broker."""
     tag = uuid.uuid4().hex[:8]
-    base = Settings().with_embedded_broker(broker.bootstrap_servers)
+    base = base_settings
     s = base.model_copy(update={
         "topics": base.topics.model_copy(update={
             "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}",

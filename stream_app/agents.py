@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app import openapi
 from stream_app.app import Wiring
+from stream_app.batching import take_available
 from stream_app.errors import InvalidClick
 from stream_app.metrics import Metrics
 from stream_app.recommender import Incoming, Recommender
@@ -91,6 +92,7 @@ class Shell:
         if not valid:
             return
         outcomes = await self._process_safely(valid, now)
+        producer, topic = self.w.app.producer, self.s.topics.recommendations
         for (event, inc), out in zip(valid, outcomes):
             if out is None:
                 continue
@@ -99,7 +101,9 @@ class Shell:
             if out.state_blob is not None:
                 self.w.table[event.key] = out.state_blob
                 self.m.state_bytes.observe(len(out.state_blob))
-            await self.w.recommendations.send(key=event.key, value=out.recommendation.to_json())
+            # straight to the producer: Topic.send's per-message Faust bookkeeping cost
+            # more than the send itself (docs/performance.md); commits still flush it
+            await producer.send(topic, event.key, out.recommendation.to_json(), None, None, None)
             self._count(out, inc)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
@@ -148,47 +152,65 @@ class Shell:
             return set()
         return {tp.partition for tp in actives if tp.topic == topic}
 
-    def expire_partition(self, partition: int, now: float) -> int:
-        """Remove users idle longer than ``session.state_ttl_s`` from one owned partition.
+    def _idle(self, blob: bytes | None, now: float) -> bool:
+        if blob is None:
+            return False
+        try:
+            return now - decode(blob).last_seen > self.s.session.state_ttl_s
+        except StateDecodeError:
+            return False  # reset (and counted) by the user's next click
+
+    def expire_keys(self, partition: int, db: Any, keys: list[bytes], now: float) -> int:
+        """Delete the still-idle ``keys`` from one owned partition and tombstone them in its changelog.
 
         ``del table[key]`` cannot be used here: it needs a current event and
         picks that event's partition. Instead the user is deleted from that
         partition's RocksDB database and a tombstone is sent to the same
         changelog partition, so a rebuild or a standby drops the user too.
-        Synchronous on purpose: no click is processed between the read that
-        finds a user idle and the delete.
+        Synchronous: no click runs between the fresh read that finds a user
+        idle and its delete.
         """
         store = self.w.table.data
-        db = store._dbs.get(partition)
-        if db is None:
-            return 0
-        ttl = self.s.session.state_ttl_s
-        expired: list[bytes] = []
-        for key, blob in db.items():
-            if key == store.offset_key:
-                continue
-            try:
-                last_seen = decode(blob).last_seen
-            except StateDecodeError:
-                continue  # reset (and counted) by its next click
-            if now - last_seen > ttl:
-                expired.append(key)
-        for key in expired:
+        removed = 0
+        for key in keys:
+            if not self._idle(db.get(key), now):
+                continue  # clicked since the scan
             db.delete(key)
             store._key_index.pop(key, None)
             self.w.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
-        if expired:
-            self.m.state_resets.labels("ttl").inc(len(expired))
-        return len(expired)
+            removed += 1
+        if removed:
+            self.m.state_resets.labels("ttl").inc(removed)
+        return removed
 
-    async def expire_idle_users(self) -> int:
-        """One sweep over the owned partitions; skipped while recovering or rebalancing."""
+    async def expire_idle_users(self, chunk: int = 2000) -> int:
+        """One sweep over the owned partitions, ``chunk`` keys at a time so clicks keep flowing.
+
+        Skipped while recovering or rebalancing; a partition revoked mid-sweep is left alone.
+        """
+        store = self.w.table.data
         removed = 0
+        if not self.ready():
+            return 0
         for partition in sorted(self.active_partitions()):
+            db = store._dbs.get(partition)
+            if db is None:
+                continue
+            candidates: list[bytes] = []
+            now = time.time()
+            for scanned, (key, blob) in enumerate(db.items(), start=1):
+                if key != store.offset_key and self._idle(blob, now):
+                    candidates.append(key)
+                if scanned % chunk == 0:
+                    removed += self.expire_keys(partition, db, candidates, now)
+                    candidates = []
+                    await asyncio.sleep(0)
+                    if not self.ready() or store._dbs.get(partition) is not db:
+                        return removed
+            removed += self.expire_keys(partition, db, candidates, now)
+            await asyncio.sleep(0)
             if not self.ready():
                 break
-            removed += self.expire_partition(partition, time.time())
-            await asyncio.sleep(0)  # let the agent run between partitions
         return removed
 
     # -- health -----------------------------------------------------------------
@@ -282,7 +304,9 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
 
     @app.agent(wiring.clicks, name="streamrec.process_clicks")
     async def process_clicks(stream: Any) -> None:
-        async for events in stream.take_events(w.batch_max, within=w.batch_ms / 1000.0):
+        # take_events, flushed early when no click is waiting (stream_app/batching.py)
+        async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
+                                           quiet=w.batch_quiet_ms / 1000.0):
             await shell.handle(stream, list(events))
 
     @app.timer(interval=1.0)
@@ -291,7 +315,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
 
     ttl = settings.session.state_ttl_s
     if ttl > 0:
-        @app.timer(interval=max(1.0, min(ttl / 4.0, 60.0)), on_leader=False)
+        @app.timer(interval=max(1.0, min(ttl / 4.0, 300.0)), on_leader=False)
         async def expire_idle_users() -> None:
             await shell.expire_idle_users()
 

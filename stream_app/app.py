@@ -90,10 +90,12 @@ def rocksdb_options(settings: Settings) -> dict[str, Any]:
 def build(settings: Settings) -> Wiring:
     """The app with raw-bytes topics (the worker validates input itself) and the state table."""
     app = faust.App(settings.worker.app_id, **faust_config(settings))
-    if settings.kafka.embedded and settings.kafka.embedded_fetch_highwaters:
+    k = settings.kafka
+    if k.embedded and (k.embedded_fetch_highwaters or k.embedded_fetch_max_wait_ms > 0):
         from stream_app.tansu import install
 
-        install(app)  # before any topic: table recovery reads changelog ends from Fetch
+        # before any topic: see stream_app/tansu.py
+        install(app, settings.kafka.embedded_fetch_max_wait_ms, settings.kafka.embedded_fetch_highwaters)
     t = settings.topics
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     clicks = app.topic(t.clicks, partitions=t.partitions, **raw)

@@ -11,7 +11,6 @@ clean fault-free replay of the same clicks (atol 1e-5).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -40,7 +39,7 @@ class Profile:
     burst: int  # clicks sent at once just before the SIGTERM
 
 
-QUICK = Profile("quick", rate=50.0, min_clicks=0, users=40, gap_s=3.0, tail_s=3.0, freeze_s=5.0, burst=300)
+QUICK = Profile("quick", rate=50.0, min_clicks=0, users=40, gap_s=2.0, tail_s=2.0, freeze_s=5.0, burst=300)
 FULL = Profile("full", rate=120.0, min_clicks=0, users=200, gap_s=8.0, tail_s=10.0, freeze_s=10.0, burst=1000)
 
 
@@ -61,17 +60,22 @@ class FaultResult:
 
     def row(self) -> dict[str, Any]:
         return {"fault": self.fault, "clicks": self.clicks, "lost": self.lost, "duplicated": self.duplicated,
-                "state_mismatches": self.state_mismatches, "recovery_s": round(self.recovery_s, 2),
+                "state_mismatches": self.state_mismatches,
+                "recovery_s": round(self.recovery_s, 2) if self.recovery_s == self.recovery_s else None,
                 "ok": self.ok, "detail": self.detail}
 
 
 class FaultEnv:
     """One broker, fresh topics and group, workers with their own ports and data dirs; kills everything on exit."""
 
-    def __init__(self, model_path: Path, root: Path, standby: int = 0, loglevel: str = "WARNING") -> None:
+    def __init__(self, model_path: Path, root: Path, standby: int = 0, loglevel: str = "INFO") -> None:
         from stream_app.broker import EmbeddedBroker
 
         self.root = root
+        for stale in root.glob("data-*"):  # RocksDB offsets of another run's topics would not match
+            shutil.rmtree(stale, ignore_errors=True)
+        for old_log in root.glob("worker-*.log"):
+            old_log.unlink()
         self.broker = EmbeddedBroker().start()
         tag = uuid.uuid4().hex[:8]
         base = Settings().with_embedded_broker(self.broker.bootstrap_servers)
@@ -220,6 +224,58 @@ def _clicks_consumed(worker: Any) -> int:
         return 0
 
 
+class ListsMonitor:
+    """Reads the recommendations topic from a thread for the whole run, so recovery is seen as it happens."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        from stream_app.harness import TopicReader
+
+        self.reader = TopicReader(settings, settings.topics.recommendations)
+        self.recs: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lists-monitor")
+        self._thread.start()
+
+    def _run(self) -> None:
+        from stream_app.records import Recommendation
+
+        while not self._stop.is_set():
+            batch = [Recommendation.from_json(r.value) for r in self.reader.poll(0.2)]
+            with self._lock:
+                self.recs.extend(batch)
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.recs)
+
+    def wait_recovered(self, end: float, partitions: int, timeout_s: float) -> bool:
+        """Until every partition has published a list produced after ``end``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len({r.source.partition for r in self.snapshot() if r.produced_ts >= end}) >= partitions:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_covered(self, positions: set[tuple[int, int]], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if positions <= {(r.source.partition, r.source.offset) for r in self.snapshot()}:
+                break
+            time.sleep(0.3)
+        time.sleep(1.0)  # a moment for late duplicates
+
+    def close(self) -> list[Any]:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(10)
+            self.reader.close()
+        return self.recs
+
+
 # -- running one fault and checking it --------------------------------------------------------------------------
 
 
@@ -232,6 +288,7 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
     root.mkdir(parents=True, exist_ok=True)
     env = FaultEnv(model_path, root, standby=standby)
     detail: dict[str, Any] = {}
+    monitor: ListsMonitor | None = None
     try:
         from stream_app.worker import load_recommender
 
@@ -239,28 +296,36 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
         items = recommender.item_ids[:50]
         traffic = Traffic(env.settings, clicks_stream(items, profile.users, seed=zlib.crc32(name.encode()) % 1000, bad_every=40),
                           rate=profile.rate)
+        monitor = ListsMonitor(env.settings)
         started = time.monotonic()
         log(f"{name}: injecting")
         ends = procedure(env, traffic, profile, detail)
+        if not monitor.wait_recovered(ends[-1], env.settings.topics.partitions, drain_timeout_s):
+            detail["error"] = "no lists on some partition after the fault"
         time.sleep(profile.tail_s)
         wanted = max(min_clicks, profile.min_clicks)
         while traffic.count < wanted:
             time.sleep(0.2)
         sent = traffic.stop()
         log(f"{name}: {len(sent)} messages sent in {time.monotonic() - started:.0f}s, draining")
-        return _check(name, env, sent, ends, recommender, detail, drain_timeout_s)
+        result = _check(name, env, sent, ends, recommender, detail, monitor, drain_timeout_s)
+        if not result.ok:
+            detail["error"] = detail.get("error") or f"not ok: worker logs kept in {root}"
+        return result
     except Exception as exc:  # noqa: BLE001 - a fault run that breaks is a failed row, not a crash
         detail["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return FaultResult(name, 0, -1, 0, -1, -1.0, detail)
     finally:
+        if monitor is not None:
+            monitor.close()
         env.close()
         if not detail.get("error"):  # keep the worker logs of a broken run
             shutil.rmtree(root, ignore_errors=True)
 
 
 def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recommender: Any,
-           detail: dict[str, Any], drain_timeout_s: float) -> FaultResult:
-    from stream_app.harness import TopicReader, recommendations
+           detail: dict[str, Any], monitor: ListsMonitor, drain_timeout_s: float) -> FaultResult:
+    from stream_app.harness import TopicReader
     from stream_app.records import DEAD_LETTER_SOURCE_HEADER
     from stream_app.verify import delivery, final_states, reference_states, state_mismatches
 
@@ -269,17 +334,8 @@ def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recomme
     bad = [m for m in sent if not m.valid and m.position is not None]
     detail["not_produced"] = sum(1 for m in sent if m.position is None)
     wanted = {m.position for m in valid}
-    reader = TopicReader(s, s.topics.recommendations)
-    records: list[Any] = []
-    deadline = time.monotonic() + drain_timeout_s
-    seen: set[Any] = set()
-    while time.monotonic() < deadline and not wanted <= seen:
-        batch = reader.poll()
-        records.extend(batch)
-        seen.update(_positions(batch))
-    records.extend(reader.read_until(0, 0, idle_s=1.0))
-    reader.close()
-    recs = recommendations(records)
+    monitor.wait_covered(wanted, drain_timeout_s)
+    recs = monitor.close()
     dlq_reader = TopicReader(s, s.topics.dead_letter)
     dlq = dlq_reader.read_until(len(bad), 30, idle_s=0.5)
     dlq_reader.close()
@@ -300,29 +356,31 @@ def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recomme
     if d.lost:
         detail["lost_examples"] = d.lost[:5]
     return FaultResult(name, len(valid), len(d.lost), d.duplicated, len(problems),
-                       recovery_seconds(recs, ends, s.topics.partitions), detail)
+                       recovery_seconds(recs, valid, ends, s.topics.partitions), detail)
 
 
-def _positions(records: list[Any]) -> list[tuple[int, int]]:
-    out = []
-    for r in records:
-        src = json.loads(r.value)["source"]
-        out.append((int(src["partition"]), int(src["offset"])))
-    return out
+def recovery_seconds(recs: list[Any], sent: list[Any], ends: list[float], partitions: int) -> float:
+    """Worst, over the faults, of the time from the fault's end until the pipeline has caught up.
 
-
-def recovery_seconds(recs: list[Any], ends: list[float], partitions: int) -> float:
-    """Worst, over the faults, of: fault end -> every partition publishes a list again."""
+    Caught up: every partition has published a list after the fault ended, and
+    every valid click sent before it ended has its list.
+    """
+    first_list: dict[tuple[int, int], float] = {}
+    for r in recs:
+        pos = (r.source.partition, r.source.offset)
+        first_list[pos] = min(first_list.get(pos, r.produced_ts), r.produced_ts)
     worst = 0.0
     for end in ends:
-        first: dict[int, float] = {}
+        flowing: dict[int, float] = {}
         for r in recs:
             if r.produced_ts >= end:
                 p = r.source.partition
-                first[p] = min(first.get(p, r.produced_ts), r.produced_ts)
-        if len(first) < partitions:
+                flowing[p] = min(flowing.get(p, r.produced_ts), r.produced_ts)
+        if len(flowing) < partitions:
             return float("nan")
-        worst = max(worst, max(first.values()) - end)
+        backlog = [first_list.get(m.position, float("nan")) for m in sent
+                   if m.valid and m.position is not None and m.sent_at < end]
+        worst = max(worst, max(flowing.values()) - end, max(backlog, default=end) - end)
     return worst
 
 
@@ -380,4 +438,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--work-dir", default="var/chaos", help="model, data dirs and worker logs")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="instead: measure the saturated rate, then run SECONDS at half of it")
+    p.add_argument("--soak-rate", type=float, default=0.0, metavar="CLICKS_PER_S",
+                   help="with --soak: this rate instead of half the measured saturated rate")
+    p.add_argument("--soak-windows", type=int, default=6, help="with --soak: sampling windows")
     p.set_defaults(func=cmd_chaos)

@@ -5,6 +5,7 @@
     ├── BrokerError          the embedded broker would not start / brokers unreachable
     ├── TopicError           a topic is missing or has the wrong partition count
     ├── ModelLoadError       the checkpoint is missing, corrupt or incompatible
+    ├── StateDirError        the local state (RocksDB data dir) does not match the changelog
     └── InvalidClick         one click is unusable (dead-lettered with .reason, never raised out of the worker)
 
 Third-party failures are wrapped with ``raise ... from exc``.
@@ -31,6 +32,10 @@ class TopicError(StreamrecError):
 
 class ModelLoadError(StreamrecError):
     """The model checkpoint cannot serve."""
+
+
+class StateDirError(StreamrecError):
+    """The worker's data dir holds state the changelog topic does not have; found during table recovery."""
 
 
 class InvalidClick(StreamrecError):

@@ -96,7 +96,11 @@ def main() -> int:
     wiring = build(settings)
     attach_naive(wiring, settings)
     print("streamrec naive worker starting", flush=True)
-    worker = Worker(wiring.app, loglevel=settings.worker.loglevel, quiet=True)
+    class QuietWorker(Worker):  # type: ignore[misc, valid-type]
+        def _setup_spinner_handler(self, logger: Any, level: int) -> None:
+            return None  # as the worker: no root logger at DEBUG (the spinner's side effect)
+
+    worker = QuietWorker(wiring.app, loglevel=settings.worker.loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

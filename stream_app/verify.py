@@ -9,6 +9,7 @@ equal a fault-free, click-by-click run of the same clicks through the core.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -58,18 +59,31 @@ def send_all(settings: Settings, messages: Sequence[Message]) -> list[Position]:
         prod.close()
 
 
-def final_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, tuple[int, UserState]]:
-    """Latest state per user as the changelog holds it (tombstones remove), with its partition."""
-    reader = TopicReader(settings, changelog_topic(settings))
-    latest: dict[str, tuple[int, UserState]] = {}
+def read_topic(settings: Settings, topic: str, timeout_s: float = 15.0) -> list[Any]:
+    """Every record of ``topic`` up to its high watermark (from Fetch, which Tansu reports right)."""
+    reader = TopicReader(settings, topic)
+    consumer = reader.consumer
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        for r in reader.read_until(10**9, timeout_s=timeout_s):
-            if r.value is None:
-                latest.pop(r.key.decode(), None)
-            else:
-                latest[r.key.decode()] = (r.partition, decode(r.value))
+        while time.monotonic() < deadline:
+            out.extend(reader.poll(0.3))
+            marks = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
+            if marks and all(h is not None and consumer.position(tp) >= h for tp, h in marks.items()):
+                break
     finally:
         reader.close()
+    return out
+
+
+def final_states(settings: Settings, timeout_s: float = 15.0) -> dict[str, tuple[int, UserState]]:
+    """Latest state per user as the changelog holds it (tombstones remove), with its partition."""
+    latest: dict[str, tuple[int, UserState]] = {}
+    for r in read_topic(settings, changelog_topic(settings), timeout_s):
+        if r.value is None:
+            latest.pop(r.key.decode(), None)
+        else:
+            latest[r.key.decode()] = (r.partition, decode(r.value))
     return latest
 
 

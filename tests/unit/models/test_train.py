@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.data import build_vocab, encode, read_tsv
+from models.data import Sessions, build_vocab, encode, read_tsv
 from models.evaluate import evaluate_checkpoint, evaluate_scorer
 from models.train import PRESETS, RowAdagrad, TrainConfig, auto_preset, fit, load_preset, resolve_config, train_file
 
 TINY = dict(hidden=16, batch_size=8, negatives=6, epochs=8, lr=0.1)
 
 
-def coded(path: Path):  # type: ignore[no-untyped-def]
+def coded(path: Path) -> tuple[Sessions, np.ndarray]:
     log = read_tsv(path)
     ids, counts = build_vocab(log)
     sessions, _ = encode(log, {s: i for i, s in enumerate(ids)})

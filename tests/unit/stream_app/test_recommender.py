@@ -137,3 +137,38 @@ def test_recent_items_are_excluded(ckpt) -> None:
         out = rec.process([inc("u", item, float(off), off, blob)], now=0.0)[0]
         blob = out.state_blob
     assert not {"i1", "i2", "i3"} & set(out.recommendation.items)
+
+
+def test_large_batch_of_many_same_user_clicks_equals_click_by_click(ckpt) -> None:
+    """256 clicks of 12 users in one batch (about 20 per user, so about 30 waves), with unknown items
+    and session gaps: the same states and the same lists as one click per batch."""
+    rng = np.random.default_rng(5)
+    clicks: list[tuple[str, str, float]] = []
+    ts = 0.0
+    for _ in range(256):
+        user = f"u{int(rng.integers(12))}"
+        item = f"i{int(rng.integers(50))}" if rng.random() > 0.1 else "unknown"
+        ts += 1.0 if rng.random() > 0.02 else 5000.0
+        clicks.append((user, item, ts))
+    seq_rec, batch_rec = make_rec(ckpt, k=10), make_rec(ckpt, k=10)
+    store: dict[str, bytes] = {}
+    seq_lists = []
+    for off, (u, i, t) in enumerate(clicks):
+        out = seq_rec.process([inc(u, i, t, off, store.get(u))], now=t)[0]
+        seq_lists.append(out.recommendation.items)
+        if out.state_blob is not None:
+            store[u] = out.state_blob
+    outs = batch_rec.process([inc(u, i, t, off) for off, (u, i, t) in enumerate(clicks)], now=ts)
+    assert [o.recommendation.user_id for o in outs] == [u for u, _, _ in clicks]
+    assert [o.recommendation.items for o in outs] == seq_lists
+    last: dict[str, bytes] = {}
+    for (u, _, _), o in zip(clicks, outs):
+        if o.state_blob is not None:
+            last[u] = o.state_blob
+    for u, blob in store.items():
+        a, b = decode(last[u]), decode(blob)
+        assert (a.last_offset, a.recent, a.served) == (b.last_offset, b.recent, b.served)
+        if b.hidden is None:
+            assert a.hidden is None
+        else:
+            np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)

@@ -1,0 +1,28 @@
+"""Every fault of `streamrec chaos`, small: no list lost, every dead letter there, states equal a clean replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_app.chaos import FAULTS, Profile, run_fault
+
+pytestmark = pytest.mark.chaos
+
+# Small and short: the whole tier must stay within a few minutes of `make test`.
+CI = Profile("ci", rate=40.0, min_clicks=0, users=24, gap_s=1.0, tail_s=1.0, freeze_s=3.0, burst=200)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    r = run_fault(fault, CI, small_checkpoint, tmp_path / "run")
+    assert "error" not in r.detail, r.detail
+    assert r.clicks > 0
+    assert r.lost == 0, r.detail
+    assert r.detail["dead_letters_lost"] == 0, r.detail
+    assert r.state_mismatches == 0, r.detail
+    if fault == "sigterm mid-batch":
+        assert r.detail["exit_code"] == 0, "a SIGTERM exit is clean, inside the grace period"
+    if fault.startswith("rebalance"):
+        assert r.detail["b_clicks_before_kill"] > 0, "the killed worker owned partitions"

@@ -144,11 +144,17 @@ def _rebalance(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) 
     return [end]
 
 
-def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+def _under_traffic(env: FaultEnv, traffic: Any, p: Profile) -> Any:
+    """Worker "a" ready, steady traffic flowing for a while: the state every fault starts from."""
     w = env.worker("a")
     w.wait_ready()
     traffic.start()
     time.sleep(p.gap_s)
+    return w
+
+
+def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    w = _under_traffic(env, traffic, p)
     end = time.time()
     w.kill()
     shutil.rmtree(env.data_dir("a"), ignore_errors=True)
@@ -158,10 +164,7 @@ def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str,
 
 
 def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
-    w = env.worker("a")
-    w.wait_ready()
-    traffic.start()
-    time.sleep(p.gap_s)
+    w = _under_traffic(env, traffic, p)
     env.broker.freeze()
     try:
         time.sleep(p.freeze_s)
@@ -174,10 +177,7 @@ def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, An
 
 
 def _sigterm_mid_batch(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
-    w = env.worker("a")
-    w.wait_ready()
-    traffic.start()
-    time.sleep(p.gap_s)
+    w = _under_traffic(env, traffic, p)
     traffic.burst(p.burst)  # the worker is now busy with a backlog of full batches
     time.sleep(0.05)
     end = time.time()

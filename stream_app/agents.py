@@ -239,7 +239,7 @@ class Shell:
             assigned = consumer.assignment()
         except Exception:  # noqa: BLE001 - not started or mid-rebalance
             return
-        self._count_users({tp.partition for tp in assigned if tp.topic == self.s.topics.clicks})
+        self._count_users(self.active_partitions())
         for tp in assigned:
             if tp.topic != self.s.topics.clicks:
                 continue

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app import openapi
 from stream_app.app import Wiring
-from stream_app.batching import take_available
+from stream_app.batching import DeliveryAcks, keep_queue_on_resume, take_available
 from stream_app.errors import InvalidClick
 from stream_app.metrics import Metrics
 from stream_app.recommender import Incoming, Recommender
@@ -53,11 +53,14 @@ class Shell:
         self.last_click_ts = 0.0
         self._rebalance_started: float | None = None
         self._users_counted = 0.0
+        self.acks: DeliveryAcks | None = None
 
     # -- the per-batch path --------------------------------------------------
 
-    async def dead_letter(self, event: Any, error: InvalidClick) -> None:
-        """Original bytes to the dead-letter topic, the reason in headers; never raises on input."""
+    async def dead_letter(self, event: Any, error: InvalidClick) -> Any:
+        """Original bytes to the dead-letter topic, the reason in headers; never raises on input.
+
+        Returns the record's delivery future."""
         msg = event.message
         headers = [
             (DEAD_LETTER_REASON_HEADER, error.reason.encode()),
@@ -65,15 +68,21 @@ class Shell:
             (DEAD_LETTER_SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
         ]
         value = msg.value if isinstance(msg.value, (bytes, type(None))) else bytes(msg.value)
-        await self.w.dead_letter.send(key=msg.key, value=value, headers=headers)
+        delivered = await self.w.dead_letter.send(key=msg.key, value=value, headers=headers)
         self.m.dead_letters.labels(error.reason).inc()
+        return delivered
 
-    async def handle(self, stream: Any, events: list[Any]) -> None:
-        """One micro-batch: validate, one core call, then per event: write state, send list."""
+    async def handle(self, stream: Any, events: list[Any]) -> list[Any]:
+        """One micro-batch: validate, one core call, then per event: write state, send list.
+
+        Returns the delivery futures of every record the batch produced (dead
+        letters, state changelog, lists): the batch is acked once they are done.
+        """
         started = time.perf_counter()
         now = time.time()
         w = self.s.worker
         valid: list[tuple[Any, Incoming]] = []
+        delivered: list[Any] = []
         self.m.clicks.inc(len(events))
         self.m.batch_size.observe(len(events))
         for event in events:
@@ -83,15 +92,15 @@ class Shell:
                 click = decode_click(event.value, event.key, max_bytes=w.max_event_bytes, now=now,
                                      max_future_skew_s=w.max_future_skew_s)
             except InvalidClick as error:
-                await self.dead_letter(event, error)
+                delivered.append(await self.dead_letter(event, error))
                 continue
             set_current_event(event)  # the RocksDB store reads from the current event's partition too
             blob = self.w.table.get(event.key)
             source = Source(msg.topic, msg.partition, msg.offset, float(msg.timestamp or now))
             valid.append((event, Incoming(click, source, blob)))
         if not valid:
-            return
-        outcomes = await self._process_safely(valid, now)
+            return delivered
+        outcomes = await self._process_safely(valid, now, delivered)
         producer, topic = self.w.app.producer, self.s.topics.recommendations
         for (event, inc), out in zip(valid, outcomes):
             if out is None:
@@ -102,13 +111,16 @@ class Shell:
                 self.w.table[event.key] = out.state_blob
                 self.m.state_bytes.observe(len(out.state_blob))
             # straight to the producer: Topic.send's per-message Faust bookkeeping cost
-            # more than the send itself (docs/performance.md); commits still flush it
-            await producer.send(topic, event.key, out.recommendation.to_json(), None, None, None)
+            # more than the send itself (docs/performance.md)
+            delivered.append(await producer.send(topic, event.key, out.recommendation.to_json(), None, None, None))
             self._count(out, inc)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
+        delivered.extend(self.w.table.take_undelivered())
+        return delivered
 
-    async def _process_safely(self, valid: list[tuple[Any, Incoming]], now: float) -> list[Any]:
+    async def _process_safely(self, valid: list[tuple[Any, Incoming]], now: float,
+                              delivered: list[Any]) -> list[Any]:
         """The core on the whole batch; if it fails (a bug, not input), click by click, and a click
         that still fails is dead-lettered as ``internal_error``: never a crash, never a silent drop."""
         try:
@@ -121,7 +133,8 @@ class Shell:
                 outcomes.append(self.rec.process([inc], now)[0])
             except Exception as exc:  # noqa: BLE001
                 log.exception("core failed on %s/%s/%s", inc.source.topic, inc.source.partition, inc.source.offset)
-                await self.dead_letter(event, InvalidClick("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+                delivered.append(await self.dead_letter(
+                    event, InvalidClick("internal_error", f"{type(exc).__name__}: {exc}"[:300])))
                 outcomes.append(None)
         return outcomes
 
@@ -305,9 +318,17 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     @app.agent(wiring.clicks, name="streamrec.process_clicks")
     async def process_clicks(stream: Any) -> None:
         # take_events, flushed early when no click is waiting (stream_app/batching.py)
-        async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
-                                           quiet=w.batch_quiet_ms / 1000.0):
-            await shell.handle(stream, list(events))
+        if not keep_queue_on_resume(app, stream):
+            log.warning("could not exempt the click queue from Faust's clear-on-resume (faust-streaming #596)")
+        acks = shell.acks = DeliveryAcks(stream)
+        try:
+            async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
+                                               quiet=w.batch_quiet_ms / 1000.0):
+                batch = list(events)
+                await acks.submit(batch, await shell.handle(stream, batch))
+        finally:
+            # stopping: let the batches in flight be acked so the final commit covers them
+            await acks.drain(timeout=min(5.0, settings.worker.shutdown_grace_s / 4))
 
     @app.timer(interval=1.0)
     async def refresh_gauges() -> None:
@@ -340,6 +361,9 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        failure = shell.acks.failure if shell.acks is not None else None
+        if failure is not None:  # offsets no longer advance: restart and consume them again
+            return web.json({"status": "delivery_failed", "error": repr(failure)[:300]}, status=503)
         return web.json({"status": "ok"})
 
     @app.page("/readyz")

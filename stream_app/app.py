@@ -23,6 +23,30 @@ class Wiring:
     table: Any
 
 
+class DeliveryTrackedTable(faust.Table):
+    """A Faust table that keeps the delivery future of every changelog record it sends.
+
+    Faust hands changelog records to a ``ProducerBuffer`` that a background task
+    drains, and its commit flushes that buffer for at most 0.1 s without progress
+    (``ProducerBuffer.flush_atmost``): under load an offset can be committed while
+    the state written for it is still in the buffer, and a SIGKILL then loses it
+    (the faust-streaming #606 class of bug). The shell takes these futures with
+    each batch and acks the batch's clicks only once they are delivered
+    (``stream_app.batching.DeliveryAcks``).
+    """
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.__dict__.setdefault("_undelivered", []).append(fut)
+        return fut
+
+    def take_undelivered(self) -> list[Any]:
+        """The futures of the changelog records sent since the last call."""
+        futures = self.__dict__.get("_undelivered", [])
+        self.__dict__["_undelivered"] = []
+        return futures
+
+
 def _credentials(settings: Settings) -> Any:
     k = settings.kafka
     context = None
@@ -107,14 +131,16 @@ def build(settings: Settings) -> Wiring:
         changelog_topic(settings), partitions=t.partitions, compacting=True, deleting=False,
         acks=False, internal=True, **raw,
     )
-    table = app.Table(
-        "user_state",
+    table = app.tables.add(DeliveryTrackedTable(  # app.Table(...), with the subclass
+        app,
+        name="user_state",
+        beacon=app.tables.beacon,
         changelog_topic=changelog,
         partitions=t.partitions,
         options=rocksdb_options(settings),
         help="user id -> versioned UserState bytes",
         schema=faust.Schema(**raw),
-    )
+    ))
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return Wiring(app, clicks, recommendations, dead_letter, table)

@@ -27,9 +27,11 @@ def spec(version: str) -> dict[str, Any]:
                  "description": "Health, metrics and the latest recommendations of one streamrec worker. "
                                 "Requests for a user owned by another worker of the group are redirected to it."},
         "paths": {
-            "/healthz": {"get": {"summary": "liveness: the process serves HTTP",
+            "/healthz": {"get": {"summary": "liveness: the process serves HTTP and its produced records are delivered",
                                  "responses": {"200": {"description": "alive", "content": {"application/json": {
-                                     "schema": {"type": "object", "properties": {"status": {"type": "string"}}}}}}}}},
+                                     "schema": {"type": "object", "properties": {"status": {"type": "string"}}}}}},
+                                     "503": {"description": "a produced record was not delivered; offsets no longer "
+                                                            "advance: restart the worker"}}}},
             "/readyz": {"get": {"summary": "readiness: tables recovered, model loaded, not rebalancing",
                                 "responses": {
                                     "200": {"description": "ready"},

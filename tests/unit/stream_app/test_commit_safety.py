@@ -1,0 +1,135 @@
+"""Nothing committed ahead of its effects: DeliveryAcks, and the click queue kept across flow-control resume (faust-streaming #596)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stream_app.batching import DeliveryAcks
+
+
+class RecordingStream:
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    async def ack(self, event: str) -> bool:
+        self.acked.append(event)
+        return True
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def test_a_batch_is_acked_only_after_its_records_are_delivered() -> None:
+    async def scenario() -> list[str]:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream)
+        loop = asyncio.get_running_loop()
+        record = loop.create_future()
+        await acks.submit(["a", "b"], [record])
+        await asyncio.sleep(0.01)
+        assert stream.acked == [], "acked before its record was delivered"
+        record.set_result("metadata")
+        assert await acks.drain(timeout=1.0)
+        return stream.acked
+
+    assert run(scenario()) == ["a", "b"]
+
+
+def test_batches_are_acked_in_order_even_when_a_later_one_is_delivered_first() -> None:
+    async def scenario() -> list[str]:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream)
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        await acks.submit(["a"], [first])
+        await acks.submit(["b"], [second])
+        await acks.submit(["c"], [])
+        second.set_result(None)
+        await asyncio.sleep(0.01)
+        assert stream.acked == [], "a later batch was acked before an earlier, undelivered one"
+        first.set_result(None)
+        assert await acks.drain(timeout=1.0)
+        return stream.acked
+
+    assert run(scenario()) == ["a", "b", "c"]
+
+
+def test_a_failed_delivery_stops_all_further_acks_and_is_reported() -> None:
+    async def scenario() -> tuple[list[str], BaseException | None]:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream)
+        loop = asyncio.get_running_loop()
+        ok, failed = loop.create_future(), loop.create_future()
+        await acks.submit(["a"], [ok])
+        await acks.submit(["b"], [failed])
+        await acks.submit(["c"], [])
+        ok.set_result(None)
+        failed.set_exception(RuntimeError("broker gone"))
+        assert await acks.drain(timeout=1.0)
+        return stream.acked, acks.failure
+
+    acked, failure = run(scenario())
+    assert acked == ["a"]
+    assert isinstance(failure, RuntimeError)
+
+
+def test_backpressure_waits_for_the_oldest_batch_beyond_max_pending() -> None:
+    async def scenario() -> bool:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream, max_pending=2)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        await acks.submit(["a"], [futures[0]])
+        await acks.submit(["b"], [futures[1]])
+        third = asyncio.ensure_future(acks.submit(["c"], [futures[2]]))
+        await asyncio.sleep(0.01)
+        blocked = not third.done()
+        futures[0].set_result(None)
+        await asyncio.wait_for(third, 1.0)
+        for f in futures[1:]:
+            f.set_result(None)
+        await acks.drain(timeout=1.0)
+        return blocked
+
+    assert run(scenario()) is True
+
+
+def test_a_cancelled_waiter_leaves_the_producer_futures_alone() -> None:
+    async def scenario() -> bool:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream)
+        record = asyncio.get_running_loop().create_future()
+        await acks.submit(["a"], [record])
+        for task in acks.pending:
+            task.cancel()
+        await asyncio.sleep(0.01)
+        return record.cancelled()
+
+    assert run(scenario()) is False
+
+
+def test_the_click_queue_survives_flow_control_resume() -> None:
+    """faust-streaming #596: FlowControlEvent.resume() empties managed queues, dropping fetched clicks."""
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from stream_app.batching import keep_queue_on_resume
+
+    async def scenario() -> tuple[bool, int, int]:
+        flow = FlowControlEvent()
+        ours = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+        other = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+        app = SimpleNamespace(flow_control=flow)
+        stream = SimpleNamespace(channel=SimpleNamespace(queue=ours))
+        exempted = keep_queue_on_resume(app, stream)
+        for q in (ours, other):
+            q.put_nowait("click fetched before recovery completed")
+        flow.resume()
+        return exempted, ours.qsize(), other.qsize()
+
+    exempted, kept, cleared = asyncio.run(scenario())
+    assert exempted
+    assert kept == 1, "the click queue was emptied by resume()"
+    assert cleared == 0, "other managed queues keep Faust's behaviour"

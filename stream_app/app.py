@@ -86,9 +86,10 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         web_in_thread=False,
     )
     if k.embedded:
-        # Tansu: group joins wait half the session timeout; ListOffsets(latest)
-        # under-reports multi-record batches (build() then reads changelog ends
-        # from Fetch high watermarks; max batch size 1 is the older workaround).
+        # Tansu: group joins wait half the session timeout. Its ListOffsets(latest)
+        # under-reports multi-record batches: build() installs a transport that
+        # reads changelog ends from Fetch high watermarks, so producers may batch
+        # (max batch size 1 is the older workaround).
         config.update(
             broker_session_timeout=k.embedded_session_timeout_s,
             broker_heartbeat_interval=k.embedded_heartbeat_interval_s,
@@ -115,11 +116,11 @@ def build(settings: Settings) -> Wiring:
     """The app with raw-bytes topics (the worker validates input itself) and the state table."""
     app = faust.App(settings.worker.app_id, **faust_config(settings))
     k = settings.kafka
-    if k.embedded and (k.embedded_fetch_highwaters or k.embedded_fetch_max_wait_ms > 0):
-        from stream_app.tansu import install
+    from stream_app.transport import install
 
-        # before any topic: see stream_app/tansu.py
-        install(app, settings.kafka.embedded_fetch_max_wait_ms, settings.kafka.embedded_fetch_highwaters)
+    # before any topic (stream_app/transport.py): partitions without a commit are
+    # rewound after a rebalance too; the Fetch options only on the embedded broker
+    install(app, k.embedded_fetch_max_wait_ms if k.embedded else 0, k.embedded and k.embedded_fetch_highwaters)
     t = settings.topics
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     clicks = app.topic(t.clicks, partitions=t.partitions, **raw)

@@ -134,7 +134,7 @@ async def _highwater_total(servers: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
-    from stream_app.tansu import fetch_highwaters
+    from stream_app.transport import fetch_highwaters
 
     c = AIOKafkaConsumer(bootstrap_servers=servers)
     await c.start()
@@ -162,7 +162,7 @@ async def _read_all(servers: str, topic: str) -> list[tuple[int, bytes, list[tup
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
-    from stream_app.tansu import fetch_highwaters
+    from stream_app.transport import fetch_highwaters
 
     c = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest",
                          max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)

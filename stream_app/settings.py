@@ -22,20 +22,21 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str = ""
     # True when the brokers are the embedded Tansu one (set by whoever started it):
     # then, and only then, the quirk settings below apply. Tansu answers a group
-    # join after half the session timeout, and its ListOffsets(latest) is wrong
-    # for multi-record batches, so producers write one record per batch (exact
-    # changelog recovery). Tansu also holds a Fetch for about half its max wait
-    # even when records arrive, so the consumer's long poll is cut from Faust's
-    # 1,500 ms to 10 ms (stream_app/tansu.py). Reading changelog ends from Fetch
-    # high watermarks instead (to let producers batch) lost lists in the chaos
-    # suite's rebalance fault (docs/reliability.md): it is off unless asked for.
+    # join after half the session timeout; its ListOffsets(latest) is wrong for
+    # multi-record batches, so table recovery reads changelog ends from Fetch high
+    # watermarks instead and producers keep their batching; and it holds a Fetch
+    # for about half its max wait even when records arrive, so the consumer's long
+    # poll is cut from Faust's 1,500 ms to 10 ms (stream_app/transport.py).
+    # The older workaround, one record per producer batch, is
+    # EMBEDDED_PRODUCER_MAX_BATCH_SIZE=1 (exact without the high watermarks).
     embedded: bool = False
     embedded_session_timeout_s: float = 6.0
     embedded_heartbeat_interval_s: float = 1.0
-    embedded_fetch_highwaters: bool = False
+    embedded_fetch_highwaters: bool = True
     embedded_fetch_max_wait_ms: int = Field(
         10, ge=0, description="Fetch long poll (Tansu holds about half of it); 0 = Faust's 1,500 ms")
-    embedded_producer_max_batch_size: int = Field(1, ge=0, description="0 = Faust's batching; 1 = one record per batch")
+    embedded_producer_max_batch_size: int = Field(
+        0, ge=0, description="0 = Faust's batching (exact recovery needs the Fetch high watermarks); 1 = one record per batch")
 
     @property
     def needs_embedded(self) -> bool:

@@ -1,0 +1,180 @@
+"""The worker's Faust consumer transport: Faust's aiokafka driver with two changes.
+
+1. **Partitions without a committed offset are rewound too** (every broker).
+   Faust throws away records it fetched around a rebalance (the consumer's
+   ``getmany`` stops at a generation change or a flow stop, the drain loop
+   abandons a record when the flow is suspended, ...) and relies on
+   ``perform_seek`` -> ``seek_to_committed`` to fetch them again. aiokafka's
+   ``seek_to_committed`` only moves partitions that have a committed offset
+   greater than 0: a partition whose previous owner died before its first commit
+   stays wherever the dropped fetch left it, and the clicks in between are never
+   processed (seen in the chaos suite's rebalance fault: a worker killed 1 s
+   after it started, its partitions taken over, 100-200 lists missing). Here
+   such partitions of acked (stream) topics go back to the log start, as
+   ``auto_offset_reset=earliest`` would have put them; the replay guard keeps the
+   state from advancing twice for clicks that were already processed.
+2. **Embedded Tansu broker only** (``STREAMREC_KAFKA__EMBEDDED=true``):
+
+   - a short Fetch long poll: Tansu holds a Fetch for about half its
+     ``max_wait`` even when records arrive meanwhile, and Faust hard-codes
+     1,500 ms, so a caught-up worker saw every new click 0.75 s late;
+   - changelog ends (table recovery's highwaters) from Fetch high watermarks,
+     because Tansu 0.6.0 answers ``ListOffsets(latest)`` with the base offset of
+     the newest record batch plus one: with batching producers a restart raised
+     ``ConsistencyError`` and a rebuild stopped before the newest updates. One
+     small Fetch per leader (``min_bytes 0``, 1 byte per partition; a broker
+     returns at most one batch) at the offset ListOffsets gave, which is at or
+     below the true end, and the high watermark from its answer.
+
+Producers are Faust's, untouched.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Iterable, Mapping
+
+from aiokafka.errors import KafkaTimeoutError, for_code
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
+from faust.types import TP
+
+log = logging.getLogger("streamrec.transport")
+
+READ_UNCOMMITTED = 0
+FETCH_WAITS_MS = (10, 100, 500)
+
+
+async def fetch_highwaters(consumer: Any, partitions: Iterable[TP]) -> dict[TP, int]:
+    """Log end offsets of ``partitions`` from Fetch responses; ``consumer`` is a started AIOKafkaConsumer.
+
+    Never below what ListOffsets reports (it under-reports, never over-reports).
+    """
+    tps = list(partitions)
+    if not tps:
+        return {}
+    listed: Mapping[Any, int] = await consumer.end_offsets(tps)  # also waits for metadata
+    client = consumer._client
+    by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for tp in tps:
+        node = client.cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))
+        if node is None or node < 0:
+            raise RuntimeError(f"no leader known for {tp.topic}/{tp.partition}")
+        by_node[node][tp.topic].append((tp.partition, int(listed.get(tp, 0) or 0), 1))
+    out: dict[TP, int] = {tp: int(listed.get(tp, 0) or 0) for tp in tps}
+    wanted = {(tp.topic, tp.partition): tp for tp in tps}
+    for node, topics in by_node.items():
+        missing = {(t, p[0]) for t, parts in topics.items() for p in parts}
+        # Tansu answers max_wait=0 with no partitions at all; a short wait with
+        # min_bytes=0 gets the high watermark (and at most one batch) at once.
+        for wait_ms in FETCH_WAITS_MS:
+            request = FetchRequest(wait_ms, 0, 1, READ_UNCOMMITTED, list(topics.items()))
+            response = await client.send(node, request)
+            for topic, parts in response.topics:
+                for partition, error_code, highwater, *_ in parts:
+                    tp = wanted.get((topic, partition))
+                    if tp is None:
+                        continue
+                    if error_code != 0 or highwater is None or highwater < 0:
+                        error = for_code(error_code)
+                        raise error(f"Fetch high watermark of {topic}/{partition} failed: {error.__name__}")
+                    out[tp] = max(out[tp], int(highwater))
+                    missing.discard((topic, partition))
+            if not missing:
+                break
+        if missing:
+            raise KafkaTimeoutError(f"no Fetch high watermark for {sorted(missing)} from node {node}")
+    return out
+
+
+class StreamrecConsumerThread(AIOKafkaConsumerThread):
+    """Consumer thread: uncommitted partitions rewound on ``seek_to_committed``; Tansu options."""
+
+    fetch_max_wait_ms: int = 0  # 0 = Faust's
+    highwaters_from_fetch: bool = False
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if self.fetch_max_wait_ms > 0:
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by the Fetcher built in start()
+        return consumer
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed_or_start)
+
+    async def _seek_to_committed_or_start(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        acking = self.app.topics.acking_topics
+        uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic in acking]
+        if uncommitted:
+            log.info("no committed offset for %s: reading them from the start", sorted(map(tuple, uncommitted)))
+            await consumer.seek_to_beginning(*uncommitted)
+        return committed
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        if not self.highwaters_from_fetch or self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        return await fetch_highwaters(self._ensure_consumer(), partitions)
+
+
+class StreamrecConsumer(Consumer):
+    """Faust's aiokafka consumer; commits never run past a click that was not processed.
+
+    Two changes to what Faust counts as done: records a stream skipped without
+    processing are not acked, and a commit never skips the offset at the
+    committed position.
+    """
+
+    fetch_max_wait_ms: int = 0
+    highwaters_from_fetch: bool = False
+
+    def ack(self, message: Any) -> bool:
+        # A stream skips (and acks) a record that reaches it while the flow is
+        # stopped or from an older consumer generation (a rebalance), before it
+        # tracks it; Faust counts on the seek back to the committed offset to fetch
+        # it again, but the ack let the next commit run past it. Such records are
+        # never tracked: they are not acked here, so they are fetched again.
+        if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
+            return False
+        return super().ack(message)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust commits the first run of consecutive acked offsets and refuses
+        # only when that run starts *more than one* past the committed offset
+        # (``min(acked) - committed > 1``): a single missing offset right at the
+        # committed position was committed past. The committed offset is the next
+        # one to read, so any run starting above it waits. Gaps Faust recorded
+        # itself (compacted or transaction-marker offsets) keep Faust's rule.
+        acked, committed = self._acked[tp], self._committed_offset[tp]
+        if acked and committed and not self._gap[tp] and min(acked) > committed:
+            return None
+        return super()._new_offset(tp)
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        thread = StreamrecConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        thread.highwaters_from_fetch = self.highwaters_from_fetch
+        return thread
+
+
+class StreamrecTransport(Transport):
+    """Faust's aiokafka transport with :class:`StreamrecConsumer`; producers are untouched."""
+
+    Consumer = StreamrecConsumer
+
+
+def install(app: Any, fetch_max_wait_ms: int = 0, highwaters_from_fetch: bool = False) -> None:
+    """Make ``app`` consume through :class:`StreamrecTransport`; call before the app creates topics.
+
+    ``fetch_max_wait_ms`` (0 = Faust's 1,500 ms) and ``highwaters_from_fetch``
+    are for the embedded Tansu broker only.
+    """
+    consumer_cls = type("StreamrecConsumer", (StreamrecConsumer,), {"fetch_max_wait_ms": fetch_max_wait_ms,
+                                                                    "highwaters_from_fetch": highwaters_from_fetch})
+    transport_cls = type("StreamrecTransport", (StreamrecTransport,), {"Consumer": consumer_cls})
+    app.transport = transport_cls(app.conf.broker_consumer, app)

@@ -50,12 +50,35 @@ class Shell:
         self.m = metrics
         self.s = settings
         self.last_offsets: dict[int, int] = {}
+        self.batch_since: float | None = None  # monotonic start of the batch in progress
+        self._stall_logged = False
         self.last_click_ts = 0.0
         self._rebalance_started: float | None = None
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
 
     # -- the per-batch path --------------------------------------------------
+
+    def check_stalled(self) -> float | None:
+        """Seconds the current batch has been in progress, if beyond ``delivery_timeout_s``.
+
+        A batch that neither finishes nor fails (the producer waiting for an answer the
+        broker never sends: Faust's producer waits 1,200 s) stops the stream with a
+        green health check; this makes it visible (``/healthz`` 503, one error line).
+        """
+        since = self.batch_since
+        if since is None:
+            self._stall_logged = False
+            return None
+        age = time.monotonic() - since
+        if age <= self.s.worker.delivery_timeout_s:
+            return None
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.error("a batch has been in progress for %.0f s (delivery timeout %.0f s): the producer or the "
+                      "broker is stuck; the health check fails so the worker is restarted", age,
+                      self.s.worker.delivery_timeout_s)
+        return age
 
     async def dead_letter(self, event: Any, error: InvalidClick) -> Any:
         """Original bytes to the dead-letter topic, the reason in headers; never raises on input.
@@ -320,12 +343,14 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
         # take_events, flushed early when no click is waiting (stream_app/batching.py)
         if not keep_queue_on_resume(app, stream):
             log.warning("could not exempt the click queue from Faust's clear-on-resume (faust-streaming #596)")
-        acks = shell.acks = DeliveryAcks(stream)
+        acks = shell.acks = DeliveryAcks(stream, timeout_s=w.delivery_timeout_s)
         try:
             async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
                                                quiet=w.batch_quiet_ms / 1000.0):
                 batch = list(events)
+                shell.batch_since = time.monotonic()
                 await acks.submit(batch, await shell.handle(stream, batch))
+                shell.batch_since = None
         finally:
             # stopping: let the batches in flight be acked so the final commit covers them
             await acks.drain(timeout=min(5.0, settings.worker.shutdown_grace_s / 4))
@@ -333,6 +358,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     @app.timer(interval=1.0)
     async def refresh_gauges() -> None:
         shell.update_gauges()
+        shell.check_stalled()
 
     ttl = settings.session.state_ttl_s
     if ttl > 0:
@@ -364,6 +390,9 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
         failure = shell.acks.failure if shell.acks is not None else None
         if failure is not None:  # offsets no longer advance: restart and consume them again
             return web.json({"status": "delivery_failed", "error": repr(failure)[:300]}, status=503)
+        stalled = shell.check_stalled()
+        if stalled is not None:  # a batch blocked on the producer: restart and consume it again
+            return web.json({"status": "stalled", "batch_in_progress_s": round(stalled, 1)}, status=503)
         return web.json({"status": "ok"})
 
     @app.page("/readyz")

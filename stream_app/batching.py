@@ -143,14 +143,16 @@ class DeliveryAcks:
     offsets and only refuses when that run starts more than one past the
     committed offset: a later batch acked before an earlier one would stall the
     commits, or skip the earlier batch when it holds a single click of that
-    partition. For the same reason a failed delivery stops all further acks:
+    partition. For the same reason a failed delivery, or one not acknowledged
+    within ``timeout_s``, stops all further acks:
     ``failure`` is set (the health page then fails, so the pod is restarted and
     the unacked clicks are consumed again), and nothing after it is committed.
     """
 
-    def __init__(self, stream: Any, max_pending: int = 8) -> None:
+    def __init__(self, stream: Any, max_pending: int = 8, timeout_s: float | None = None) -> None:
         self.stream = stream
         self.max_pending = max_pending
+        self.timeout_s = timeout_s
         self.pending: deque[asyncio.Task] = deque()
         self.failure: BaseException | None = None
 
@@ -167,8 +169,15 @@ class DeliveryAcks:
                                   previous: asyncio.Task | None) -> None:
         # asyncio.wait, not gather: a cancelled waiter must not cancel the producer's futures
         futures = [asyncio.ensure_future(d) for d in delivered]
+        late: set[Any] = set()
         if futures:
-            await asyncio.wait(futures)
+            _, late = await asyncio.wait(futures, timeout=self.timeout_s)
+        if late and self.failure is None:
+            # a broker that takes a write and never answers would otherwise stall the
+            # worker (backpressure) behind a green health check
+            self.failure = TimeoutError(f"{len(late)} of {len(futures)} records of a batch not acknowledged "
+                                        f"by the broker within {self.timeout_s:g} s")
+            log.error("%s: no further offsets are committed and the health check fails", self.failure)
         if previous is not None:
             await asyncio.wait([previous])
         if self.failure is None:

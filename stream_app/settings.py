@@ -106,6 +106,8 @@ class WorkerSettings(BaseModel):
     max_future_skew_s: float = Field(86400.0, ge=0)
     loglevel: str = "WARNING"
     shutdown_grace_s: float = Field(20.0, gt=0)
+    delivery_timeout_s: float = Field(
+        60.0, gt=0, description="a batch whose records the broker has not acknowledged after this long fails /healthz")
 
 
 class Settings(BaseSettings):

@@ -124,7 +124,8 @@ def state_mismatches(got: dict[str, tuple[int, UserState]], want: dict[str, User
             out.append(f"{user}: hidden state present in one and not the other")
         elif state.hidden is not None and not np.allclose(actual.hidden, state.hidden, rtol=0.0, atol=atol):
             diff = float(np.max(np.abs(actual.hidden - state.hidden)))
-            out.append(f"{user}: hidden differs by {diff:.3g}")
+            out.append(f"{user}: hidden differs by {diff:.3g} (recent items {list(actual.recent)}, "
+                       f"reference {list(state.recent)})")
     return out
 
 

@@ -133,3 +133,48 @@ def test_the_click_queue_survives_flow_control_resume() -> None:
     assert exempted
     assert kept == 1, "the click queue was emptied by resume()"
     assert cleared == 0, "other managed queues keep Faust's behaviour"
+
+
+def test_a_record_never_acknowledged_fails_the_batch_after_the_timeout() -> None:
+    """A broker that takes a write and never answers must not stall the worker behind a green health check."""
+
+    async def scenario() -> tuple[list[str], BaseException | None]:
+        stream = RecordingStream()
+        acks = DeliveryAcks(stream, timeout_s=0.05)
+        never = asyncio.get_running_loop().create_future()
+        await acks.submit(["a"], [never])
+        await acks.submit(["b"], [])
+        assert await acks.drain(timeout=1.0)
+        never.cancel()
+        return stream.acked, acks.failure
+
+    acked, failure = run(scenario())
+    assert acked == [], "a batch was acked although one of its records was never acknowledged"
+    assert isinstance(failure, TimeoutError)
+
+
+def test_a_batch_stuck_beyond_the_delivery_timeout_is_reported_once() -> None:
+    """The worker's health check fails when a batch neither finishes nor fails (a producer waiting forever)."""
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from stream_app.agents import Shell
+    from stream_app.settings import Settings
+
+    settings = Settings()
+    shell = SimpleNamespace(batch_since=None, s=settings, _stall_logged=False)
+    assert Shell.check_stalled(shell) is None, "no batch in progress"
+    shell.batch_since = time.monotonic()
+    assert Shell.check_stalled(shell) is None, "a batch just started is not stuck"
+    shell.batch_since = time.monotonic() - settings.worker.delivery_timeout_s - 1
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("streamrec.agents").addHandler(handler)
+    try:
+        assert Shell.check_stalled(shell) > settings.worker.delivery_timeout_s
+        assert Shell.check_stalled(shell) is not None
+    finally:
+        logging.getLogger("streamrec.agents").removeHandler(handler)
+    assert [r.levelno for r in records] == [logging.ERROR], "the stall is logged once, as an error"

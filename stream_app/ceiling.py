@@ -17,6 +17,8 @@ import sys
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from stream_app.transport import adapt_fetch_wait
+
 
 async def forward(servers: str, source: str, target: str) -> None:
     stop = asyncio.Event()
@@ -28,6 +30,7 @@ async def forward(servers: str, source: str, target: str) -> None:
                                 auto_offset_reset="earliest", fetch_max_wait_ms=5)
     await producer.start()
     await consumer.start()
+    adapt_fetch_wait(consumer, 5)  # the embedded broker's empty Fetch answers (stream_app/transport.py)
     try:
         parts = await consumer._client.fetch_all_metadata()
         tps = [TopicPartition(source, p) for p in sorted(parts.partitions_for_topic(source) or ())]

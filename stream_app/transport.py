@@ -17,7 +17,14 @@
 
    - a short Fetch long poll: Tansu holds a Fetch for about half its
      ``max_wait`` even when records arrive meanwhile, and Faust hard-codes
-     1,500 ms, so a caught-up worker saw every new click 0.75 s late;
+     1,500 ms, so a caught-up worker saw every new click 0.75 s late. The wait
+     adapts (:class:`FetchWait`): Tansu 0.6.0 lists every record batch of a
+     partition on each Fetch, and when that takes longer than ``max_wait`` it
+     answers with the right high watermark and **no records**. With a fixed
+     10 ms wait a worker stopped reading for good once a partition held about
+     12,000 batches (the stop 9 soak stall); now a Fetch that comes back empty
+     although records were there doubles the wait, and a long run of good ones
+     halves it again;
    - changelog ends (table recovery's highwaters) from Fetch high watermarks,
      because Tansu 0.6.0 answers ``ListOffsets(latest)`` with the base offset of
      the newest record batch plus one: with batching producers a restart raised
@@ -45,6 +52,94 @@ log = logging.getLogger("streamrec.transport")
 
 READ_UNCOMMITTED = 0
 FETCH_WAITS_MS = (10, 100, 500)
+FETCH_WAIT_CEILING_MS = 10_000  # well inside aiokafka's 40 s request timeout
+FETCH_WAIT_RELAX_AFTER = 200  # good Fetch responses before the wait is halved again
+
+
+class FetchWait:
+    """The consumer's Fetch ``max_wait``, raised when the broker runs out of time.
+
+    Pure state: :meth:`observe` takes whether a Fetch response was *starved*
+    (see :func:`starved`) and returns the wait for the next request. A starved
+    response doubles the wait, up to ``ceiling_ms``; ``relax_after`` responses
+    in a row that were not starved halve it, down to ``floor_ms``.
+    """
+
+    def __init__(self, floor_ms: int, ceiling_ms: int = FETCH_WAIT_CEILING_MS,
+                 relax_after: int = FETCH_WAIT_RELAX_AFTER) -> None:
+        if floor_ms <= 0 or ceiling_ms < floor_ms or relax_after < 1:
+            raise ValueError(f"bad Fetch wait bounds: {floor_ms}, {ceiling_ms}, {relax_after}")
+        self.floor_ms, self.ceiling_ms, self.relax_after = floor_ms, ceiling_ms, relax_after
+        self.wait_ms = floor_ms
+        self.highest_ms = floor_ms
+        self._calm = 0
+
+    def observe(self, was_starved: bool) -> int:
+        if was_starved:
+            self._calm = 0
+            self.wait_ms = min(self.ceiling_ms, self.wait_ms * 2)
+            self.highest_ms = max(self.highest_ms, self.wait_ms)
+        else:
+            self._calm += 1
+            if self._calm >= self.relax_after and self.wait_ms > self.floor_ms:
+                self.wait_ms = max(self.floor_ms, self.wait_ms // 2)
+                self._calm = 0
+        return self.wait_ms
+
+
+def starved(request: Any, response: Any) -> bool:
+    """True when a Fetch response carries no record at all although some partition had records to give.
+
+    ``request.topics``: ``(topic, [(partition, fetch_offset, max_bytes), ...])``;
+    ``response.topics``: ``(topic, [(partition, error_code, high_watermark, ..., records), ...])``.
+    A broker that honours the protocol never does this (it answers as soon as it
+    has ``min_bytes``); Tansu 0.6.0 does when listing the partition's batches
+    takes longer than ``max_wait``. Only the whole response counts: a partition
+    left empty because earlier ones used the response's byte budget is normal.
+    """
+    offsets = {(topic, part[0]): part[1] for topic, parts in request.topics for part in parts}
+    behind = False
+    for topic, parts in response.topics:
+        for partition, error_code, highwater, *rest in parts:
+            if rest and rest[-1]:
+                return False
+            offset = offsets.get((topic, partition))
+            if error_code == 0 and offset is not None and highwater is not None and offset < highwater:
+                behind = True
+    return behind
+
+
+class _WaitAdjustingClient:
+    """The Fetcher's view of the aiokafka client: each Fetch answer feeds :class:`FetchWait`."""
+
+    def __init__(self, client: Any, fetcher: Any, wait: FetchWait) -> None:
+        self._client, self._fetcher, self._wait = client, fetcher, wait
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def send(self, node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await self._client.send(node_id, request, *args, **kwargs)
+        if isinstance(request, FetchRequest):
+            before, highest = self._wait.wait_ms, self._wait.highest_ms
+            after = self._wait.observe(starved(request, response))
+            self._fetcher._fetch_max_wait_ms = after  # read when the next request is built
+            if after > highest and after >= 200:
+                log.warning("the embedded broker answered a Fetch without records it had: Fetch wait "
+                            "raised %d -> %d ms (its Fetch cost grows with the number of record batches "
+                            "per partition; see docs/reliability.md)", before, after)
+        return response
+
+
+def adapt_fetch_wait(consumer: Any, floor_ms: int) -> FetchWait:
+    """Make a *started* ``AIOKafkaConsumer`` adapt its Fetch wait from ``floor_ms`` up (embedded broker)."""
+    fetcher = consumer._fetcher
+    if fetcher is None:
+        raise RuntimeError("start the consumer first")
+    wait = FetchWait(floor_ms)
+    fetcher._fetch_max_wait_ms = wait.wait_ms
+    fetcher._client = _WaitAdjustingClient(fetcher._client, fetcher, wait)
+    return wait
 
 
 async def fetch_highwaters(consumer: Any, partitions: Iterable[TP]) -> dict[TP, int]:
@@ -96,12 +191,18 @@ class StreamrecConsumerThread(AIOKafkaConsumerThread):
 
     fetch_max_wait_ms: int = 0  # 0 = Faust's
     highwaters_from_fetch: bool = False
+    fetch_wait: FetchWait | None = None
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         if self.fetch_max_wait_ms > 0:
             consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by the Fetcher built in start()
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.fetch_max_wait_ms > 0:
+            self.fetch_wait = adapt_fetch_wait(self._consumer, self.fetch_max_wait_ms)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed_or_start)

@@ -57,3 +57,54 @@ def test_a_commit_never_skips_the_offset_at_the_committed_position() -> None:
     assert consumer._new_offset(PART) is None, "offset 10 was never processed: nothing may be committed"
     consumer.ack(message(10))
     assert consumer._new_offset(PART) == 13
+
+
+# --- the adaptive Fetch wait (embedded broker) ---------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+
+from stream_app.transport import FetchWait, starved  # noqa: E402
+
+
+def fetch(offsets: dict[int, int]) -> Any:
+    return SimpleNamespace(topics=[(TOPIC, [(p, off, 1 << 20) for p, off in offsets.items()])])
+
+
+def answer(parts: dict[int, tuple[int, bytes | None]], error: int = 0) -> Any:
+    """``{partition: (high_watermark, records)}`` as aiokafka's Fetch v11 response rows."""
+    return SimpleNamespace(topics=[(TOPIC, [(p, error, hw, hw, 0, [], -1, recs) for p, (hw, recs) in parts.items()])])
+
+
+def test_a_fetch_answered_without_the_records_the_broker_had_is_starved() -> None:
+    assert starved(fetch({0: 100, 1: 50}), answer({0: (200, None), 1: (50, None)}))
+    assert starved(fetch({0: 100}), answer({0: (200, b"")}))
+
+
+def test_caught_up_partial_or_failed_answers_are_not_starved() -> None:
+    assert not starved(fetch({0: 200}), answer({0: (200, None)}))  # nothing to give
+    assert not starved(fetch({0: 100, 1: 10}), answer({0: (200, b"records"), 1: (90, None)}))  # byte budget
+    assert not starved(fetch({0: 100}), answer({0: (200, None)}, error=6))  # an error is aiokafka's to handle
+
+
+def test_the_wait_doubles_on_each_starved_answer_up_to_the_ceiling() -> None:
+    wait = FetchWait(10, ceiling_ms=100, relax_after=3)
+    assert [wait.observe(True) for _ in range(5)] == [20, 40, 80, 100, 100]
+    assert wait.highest_ms == 100
+
+
+def test_the_wait_relaxes_by_half_after_a_run_of_good_answers_never_below_the_floor() -> None:
+    wait = FetchWait(10, ceiling_ms=100, relax_after=3)
+    wait.observe(True), wait.observe(True)  # 40
+    assert [wait.observe(False) for _ in range(3)] == [40, 40, 20]
+    wait.observe(False), wait.observe(True)  # a starved answer resets the run
+    assert [wait.observe(False) for _ in range(3)] == [40, 40, 20]
+    assert [wait.observe(False) for _ in range(9)][-1] == 10
+
+
+def test_fetch_wait_bounds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        FetchWait(0)
+    with pytest.raises(ValueError):
+        FetchWait(50, ceiling_ms=10)

@@ -441,4 +441,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--soak-rate", type=float, default=0.0, metavar="CLICKS_PER_S",
                    help="with --soak: this rate instead of half the measured saturated rate")
     p.add_argument("--soak-windows", type=int, default=6, help="with --soak: sampling windows")
+    p.add_argument("--soak-linger-ms", type=int, default=50,
+                   help="with --soak: the click producer's linger (the embedded broker's Fetch cost grows "
+                        "with the number of record batches)")
     p.set_defaults(func=cmd_chaos)

@@ -116,12 +116,12 @@ class WorkerProcess:
 class TopicReader:
     """Reads every partition of one topic from the beginning, without a consumer group."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 100) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(
             **client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest",
-            consumer_timeout_ms=200, fetch_max_wait_ms=100,
+            consumer_timeout_ms=200, fetch_max_wait_ms=fetch_max_wait_ms, fetch_min_bytes=fetch_min_bytes,
         )
         parts = self.consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + 10

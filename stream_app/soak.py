@@ -119,9 +119,16 @@ def saturated_rate(settings: Any, items: list[str], n: int, users: int) -> float
 
 
 def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, warmup_frac: float = 0.25,
-             saturation_clicks: int = 3000, users: int = 500, rate: float = 0.0,
+             saturation_clicks: int = 3000, users: int = 500, rate: float = 0.0, linger_ms: int = 50,
              log: Callable[[str], None] = lambda s: None) -> SoakReport:
-    """Saturated rate first (unless ``rate`` is given), then ``seconds`` of traffic at half of it."""
+    """Saturated rate first (unless ``rate`` is given), then ``seconds`` of traffic at half of it.
+
+    The click producer lingers ``linger_ms`` and the list reader asks for 64 KiB
+    or 500 ms per Fetch, as batching clients do: the embedded broker's Fetch cost
+    grows with the number of record batches in a partition (docs/reliability.md),
+    and with 5 ms batches of about one click each its CPU, not the worker, set
+    the soak's latency after a few minutes.
+    """
     from stream_app.chaos import FaultEnv
     from stream_app.harness import TopicReader, recommendations
     from stream_app.traffic import Traffic, clicks_stream
@@ -138,9 +145,11 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
         saturated = saturated_rate(env.settings, items, saturation_clicks, users)
         rate = rate or saturated / 2.0
         log(f"soak: saturated rate {saturated:.0f} clicks/s, running {seconds:.0f}s at {rate:.0f} clicks/s")
-        reader = TopicReader(env.settings, env.settings.topics.recommendations)
+        reader = TopicReader(env.settings, env.settings.topics.recommendations, fetch_min_bytes=65536,
+                             fetch_max_wait_ms=500)
         first = _sample(worker, env.broker.pid)
-        traffic = Traffic(env.settings, clicks_stream(items, users, seed=11, user_prefix="soak-"), rate).start()
+        traffic = Traffic(env.settings, clicks_stream(items, users, seed=11, user_prefix="soak-"), rate,
+                          linger_ms=linger_ms).start()
         started = time.time()
         samples: list[tuple[float, dict[str, float], int]] = []  # (time since start, sample, clicks sent)
         step = seconds / windows
@@ -217,7 +226,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
     work = Path(args.work_dir)
     model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
-    report = run_soak(args.soak, model, work / "soak", rate=args.soak_rate, windows=args.soak_windows, log=say)
+    report = run_soak(args.soak, model, work / "soak", rate=args.soak_rate, windows=args.soak_windows,
+                      linger_ms=args.soak_linger_ms, log=say)
     print(format_report(report), file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json_line({"soak": report.to_dict()}), flush=True)

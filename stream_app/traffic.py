@@ -70,7 +70,8 @@ def clicks_stream(items: Sequence[str], n_users: int, seed: int = 0, bad_every: 
 class Traffic:
     """Produces ``messages`` at ``rate`` per second from a thread until ``stop()``; ``burst(n)`` adds n at once."""
 
-    def __init__(self, settings: Settings, messages: Iterator[tuple[bytes, bytes, bool]], rate: float) -> None:
+    def __init__(self, settings: Settings, messages: Iterator[tuple[bytes, bytes, bool]], rate: float,
+                 linger_ms: int = 5) -> None:
         self.settings = settings
         self.messages = messages
         self.rate = rate
@@ -80,7 +81,7 @@ class Traffic:
         self._lock = threading.Lock()
         self._burst_done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="traffic")
-        self._producer = producer(settings, linger_ms=5, request_timeout_ms=60000, retries=20)
+        self._producer = producer(settings, linger_ms=linger_ms, request_timeout_ms=60000, retries=20)
         self.error: BaseException | None = None
 
     def start(self) -> "Traffic":

@@ -23,8 +23,9 @@
      answers with the right high watermark and **no records**. With a fixed
      10 ms wait a worker stopped reading for good once a partition held about
      12,000 batches (the stop 9 soak stall); now a Fetch that comes back empty
-     although records were there doubles the wait, and a long run of good ones
-     halves it again;
+     although records were there doubles the wait for Fetches with records
+     waiting, and a long run of good ones halves it again. A Fetch of
+     caught-up partitions keeps the short wait, so latency stays low;
    - changelog ends (table recovery's highwaters) from Fetch high watermarks,
      because Tansu 0.6.0 answers ``ListOffsets(latest)`` with the base offset of
      the newest record batch plus one: with batching producers a restart raised
@@ -109,23 +110,49 @@ def starved(request: Any, response: Any) -> bool:
     return behind
 
 
-class _WaitAdjustingClient:
-    """The Fetcher's view of the aiokafka client: each Fetch answer feeds :class:`FetchWait`."""
+def behind(request: Any, highwaters: Mapping[tuple[str, int], int]) -> bool:
+    """True when some partition of a Fetch request starts below its last known high watermark (or has none yet)."""
+    return any(part[1] < highwaters.get((topic, part[0]), part[1] + 1)
+               for topic, parts in request.topics for part in parts)
 
-    def __init__(self, client: Any, fetcher: Any, wait: FetchWait) -> None:
-        self._client, self._fetcher, self._wait = client, fetcher, wait
+
+def highwaters_of(response: Any) -> dict[tuple[str, int], int]:
+    """``{(topic, partition): high watermark}`` of a Fetch response's partitions without an error."""
+    return {(topic, partition): highwater for topic, parts in response.topics
+            for partition, error_code, highwater, *_ in parts if error_code == 0 and highwater is not None}
+
+
+class _WaitAdjustingClient:
+    """The Fetcher's view of the aiokafka client: it picks each Fetch's wait and learns from the answer.
+
+    A Fetch for partitions that are all caught up gets the floor wait: the broker
+    has nothing to list, and a short wait means a new click is seen soon. A Fetch
+    for a partition with records waiting gets :class:`FetchWait`'s current wait,
+    which the broker only uses up when listing its batches takes that long;
+    only such Fetches teach it.
+    """
+
+    def __init__(self, client: Any, wait: FetchWait) -> None:
+        self._client, self._wait = client, wait
+        self._highwaters: dict[tuple[str, int], int] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     async def send(self, node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(request, FetchRequest):
+            return await self._client.send(node_id, request, *args, **kwargs)
+        wait = self._wait
+        was_behind = behind(request, self._highwaters)
+        request._max_wait_ms = wait.wait_ms if was_behind else wait.floor_ms
         response = await self._client.send(node_id, request, *args, **kwargs)
-        if isinstance(request, FetchRequest):
-            before, highest = self._wait.wait_ms, self._wait.highest_ms
-            after = self._wait.observe(starved(request, response))
-            self._fetcher._fetch_max_wait_ms = after  # read when the next request is built
+        self._highwaters.update(highwaters_of(response))
+        was_starved = starved(request, response)
+        if was_behind or was_starved:
+            before, highest = wait.wait_ms, wait.highest_ms
+            after = wait.observe(was_starved)
             if after > highest and after >= 200:
-                log.warning("the embedded broker answered a Fetch without records it had: Fetch wait "
+                log.warning("the embedded broker answered a Fetch without the records it had: Fetch wait "
                             "raised %d -> %d ms (its Fetch cost grows with the number of record batches "
                             "per partition; see docs/reliability.md)", before, after)
         return response
@@ -137,8 +164,8 @@ def adapt_fetch_wait(consumer: Any, floor_ms: int) -> FetchWait:
     if fetcher is None:
         raise RuntimeError("start the consumer first")
     wait = FetchWait(floor_ms)
-    fetcher._fetch_max_wait_ms = wait.wait_ms
-    fetcher._client = _WaitAdjustingClient(fetcher._client, fetcher, wait)
+    fetcher._fetch_max_wait_ms = floor_ms  # each request's wait is set in _WaitAdjustingClient.send
+    fetcher._client = _WaitAdjustingClient(fetcher._client, wait)
     return wait
 
 

@@ -108,3 +108,14 @@ def test_fetch_wait_bounds_are_checked() -> None:
         FetchWait(0)
     with pytest.raises(ValueError):
         FetchWait(50, ceiling_ms=10)
+
+
+def test_a_fetch_is_behind_when_a_partition_starts_below_its_known_high_watermark() -> None:
+    from stream_app.transport import behind, highwaters_of
+
+    known = highwaters_of(answer({0: (200, None), 1: (50, b"r")}))
+    assert known == {(TOPIC, 0): 200, (TOPIC, 1): 50}
+    assert behind(fetch({0: 100, 1: 50}), known)
+    assert not behind(fetch({0: 200, 1: 50}), known)
+    assert behind(fetch({2: 0}), known)  # never seen: assume records are waiting
+    assert highwaters_of(answer({0: (200, None)}, error=6)) == {}

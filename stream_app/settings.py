@@ -26,7 +26,9 @@ class KafkaSettings(BaseModel):
     # multi-record batches, so table recovery reads changelog ends from Fetch high
     # watermarks instead and producers keep their batching; and it holds a Fetch
     # for about half its max wait even when records arrive, so the consumer's long
-    # poll is cut from Faust's 1,500 ms to 10 ms (stream_app/transport.py).
+    # poll starts at 10 ms instead of Faust's 1,500 ms, and grows when the broker
+    # answers without records because listing a long partition outlasted the wait
+    # (stream_app/transport.py).
     # The older workaround, one record per producer batch, is
     # EMBEDDED_PRODUCER_MAX_BATCH_SIZE=1 (exact without the high watermarks).
     embedded: bool = False
@@ -34,7 +36,7 @@ class KafkaSettings(BaseModel):
     embedded_heartbeat_interval_s: float = 1.0
     embedded_fetch_highwaters: bool = True
     embedded_fetch_max_wait_ms: int = Field(
-        10, ge=0, description="Fetch long poll (Tansu holds about half of it); 0 = Faust's 1,500 ms")
+        10, ge=0, description="floor of the adaptive Fetch long poll (Tansu holds about half of it); 0 = Faust's 1,500 ms")
     embedded_producer_max_batch_size: int = Field(
         0, ge=0, description="0 = Faust's batching (exact recovery needs the Fetch high watermarks); 1 = one record per batch")
 

@@ -30,6 +30,7 @@ class Window:
     lag: int = 0  # clicks sent but not yet consumed by the worker, at the end of the window
     worker_cpu_s: float = 0.0  # CPU seconds the worker used in the window
     broker_cpu_s: float = 0.0  # CPU seconds the embedded broker used in the window
+    batch_p99_s: float = math.nan  # the worker's own time per micro-batch (streamrec_processing_seconds), p99
 
 
 @dataclass
@@ -74,14 +75,45 @@ class SoakReport:
         return d
 
 
-def _sample(worker: Any, broker_pid: int | None) -> dict[str, float]:
-    """The worker's RSS, CPU and clicks consumed (from /metrics), the broker's CPU and RSS (from /proc)."""
+PROCESSING_BUCKET = 'streamrec_processing_seconds_bucket{le="'
+
+
+def processing_buckets(metrics: dict[str, float]) -> dict[float, float]:
+    """``{upper bound: cumulative count}`` of the worker's per-batch processing histogram."""
+    out = {}
+    for name, value in metrics.items():
+        if name.startswith(PROCESSING_BUCKET):
+            out[float(name[len(PROCESSING_BUCKET):].rstrip('"}'))] = value
+    return out
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The ``q`` quantile of the observations between two scrapes of one histogram, interpolated
+    linearly inside its bucket as Prometheus's ``histogram_quantile`` does; NaN without observations."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside > 0 else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def _sample(worker: Any, broker_pid: int | None) -> dict[str, Any]:
+    """The worker's RSS, CPU, clicks consumed and batch times (from /metrics), the broker's CPU and RSS (/proc)."""
     from stream_app.harness import parse_metrics
 
     m = parse_metrics(worker.metrics())
     out = {"rss": m.get("process_resident_memory_bytes", math.nan), "cpu": m.get("process_cpu_seconds_total", 0.0),
            "consumed": m.get("streamrec_clicks_consumed_total", 0.0), "broker_cpu": math.nan,
-           "broker_rss": math.nan}
+           "broker_rss": math.nan, "batches": processing_buckets(m)}
     if broker_pid:
         try:
             fields = Path(f"/proc/{broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -191,7 +223,8 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
                 float(np.percentile(sel, 99)) if sel.size else math.nan,
                 lag=int(n_sent - (smp["consumed"] - first["consumed"])),
                 worker_cpu_s=round(smp["cpu"] - previous["cpu"], 2),
-                broker_cpu_s=round(smp["broker_cpu"] - previous["broker_cpu"], 2)))
+                broker_cpu_s=round(smp["broker_cpu"] - previous["broker_cpu"], 2),
+                batch_p99_s=histogram_quantile(previous["batches"], smp["batches"], 0.99)))
             previous = smp
         warm = [smp["rss"] for t, smp, _ in samples if t >= warmup_frac * seconds] or [samples[-1][1]["rss"]]
         return SoakReport(
@@ -207,11 +240,12 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
 
 def format_report(r: SoakReport) -> str:
     lines = [f"saturated rate {r.saturated_rate:.0f} clicks/s; soak at {r.rate:.0f} clicks/s for {r.seconds:.0f}s",
-             f"{'t_s':>6} {'rss_MiB':>8} {'lists':>7} {'p50_ms':>8} {'p99_ms':>8} {'lag':>7} "
+             f"{'t_s':>6} {'rss_MiB':>8} {'lists':>7} {'p50_ms':>8} {'p99_ms':>8} {'batch_p99_ms':>12} {'lag':>7} "
              f"{'worker_cpu_s':>12} {'broker_cpu_s':>12}"]
     for w in r.windows:
         lines.append(f"{w.t_s:>6.0f} {w.rss_bytes / 2**20:>8.1f} {w.clicks:>7} {w.p50_s * 1000:>8.1f} "
-                     f"{w.p99_s * 1000:>8.1f} {w.lag:>7} {w.worker_cpu_s:>12.1f} {w.broker_cpu_s:>12.1f}")
+                     f"{w.p99_s * 1000:>8.1f} {w.batch_p99_s * 1000:>12.1f} {w.lag:>7} {w.worker_cpu_s:>12.1f} "
+                     f"{w.broker_cpu_s:>12.1f}")
     lines.append(f"clicks {r.clicks}, lost {r.lost}, dead letters {r.dead_letters}, error lines {r.errors}, "
                  f"RSS {r.rss_warm_bytes / 2**20:.1f} -> {r.rss_end_bytes / 2**20:.1f} MiB after warm-up "
                  f"({100 * r.rss_growth:+.1f}%), max {r.rss_max_bytes / 2**20:.1f} MiB, "

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.chaos
 
 
 def test_soak_at_half_the_saturated_rate(small_checkpoint: Path, tmp_path: Path) -> None:
-    r = run_soak(40.0, small_checkpoint, tmp_path / "soak", windows=4, saturation_clicks=1500, users=300)
+    r = run_soak(60.0, small_checkpoint, tmp_path / "soak", windows=4, saturation_clicks=1500, users=300)
     print(format_report(r))
     assert r.clicks > 0
     assert r.lost == 0

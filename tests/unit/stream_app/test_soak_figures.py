@@ -1,0 +1,34 @@
+"""The soak's per-window figures from two /metrics scrapes (stream_app/soak.py)."""
+
+from __future__ import annotations
+
+import math
+
+from stream_app.soak import histogram_quantile, processing_buckets
+
+INF = float("inf")
+
+
+def test_processing_buckets_are_read_from_the_scrape() -> None:
+    scrape = {'streamrec_processing_seconds_bucket{le="0.01"}': 3.0,
+              'streamrec_processing_seconds_bucket{le="+Inf"}': 5.0,
+              'streamrec_processing_seconds_count': 5.0,
+              'streamrec_batch_size_bucket{le="1.0"}': 9.0}
+    assert processing_buckets(scrape) == {0.01: 3.0, INF: 5.0}
+
+
+def test_the_quantile_is_of_the_observations_between_the_scrapes() -> None:
+    before = {0.01: 90.0, 0.1: 100.0, INF: 100.0}
+    after = {0.01: 90.0, 0.1: 200.0, INF: 200.0}  # all 100 new ones in (0.01, 0.1]
+    assert math.isclose(histogram_quantile(before, after, 0.5), 0.01 + 0.09 * 0.5)
+    assert math.isclose(histogram_quantile(before, after, 0.99), 0.01 + 0.09 * 0.99)
+
+
+def test_the_first_bucket_starts_at_zero_and_the_open_one_returns_its_lower_bound() -> None:
+    assert math.isclose(histogram_quantile({}, {0.01: 10.0, INF: 10.0}, 0.5), 0.005)
+    assert histogram_quantile({}, {0.01: 0.0, 0.1: 0.0, INF: 4.0}, 0.99) == 0.1
+
+
+def test_no_observations_give_nan() -> None:
+    assert math.isnan(histogram_quantile({0.01: 5.0, INF: 5.0}, {0.01: 5.0, INF: 5.0}, 0.99))
+    assert math.isnan(histogram_quantile({}, {}, 0.99))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -48,6 +50,11 @@ class EmbeddedBroker:
     Everything it holds is lost when it stops: it is for demos, tests and
     development. Clients that use it must apply the settings in
     ``Settings.kafka.embedded_*`` (see docs/broker.md).
+
+    On Linux it also stops when the process that started it dies, even by
+    SIGKILL (``setpriv --pdeathsig``), so a killed test run or fault loop does not
+    leave a broker holding its data in memory. Linux ties this to the *thread*
+    that started it: call :meth:`start` from one that lives as long as the broker.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0) -> None:
@@ -69,6 +76,9 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
+        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]  # execs the broker: same pid
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         try:
             self._proc = subprocess.Popen(

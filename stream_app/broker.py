@@ -51,9 +51,9 @@ class EmbeddedBroker:
     development. Clients that use it must apply the settings in
     ``Settings.kafka.embedded_*`` (see docs/broker.md).
 
-    On Linux it also stops when the process that started it dies, even by
-    SIGKILL (``setpriv --pdeathsig``), so a killed test run or fault loop does not
-    leave a broker holding its data in memory. Linux ties this to the *thread*
+    On Linux it is also killed when the process that started it dies, even by
+    SIGKILL (``setpriv --pdeathsig KILL``), so a killed test run or fault loop does
+    not leave a broker holding its data in memory. Linux ties this to the *thread*
     that started it: call :meth:`start` from one that lives as long as the broker.
     """
 
@@ -78,7 +78,9 @@ class EmbeddedBroker:
                "--storage-engine", "memory://tansu/"]
         setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
         if setpriv:
-            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]  # execs the broker: same pid
+            # KILL, not TERM: on TERM Tansu waits for its clients to disconnect, and the
+            # workers a killed harness leaves behind stay connected. Execs: same pid.
+            cmd = [setpriv, "--pdeathsig", "KILL", *cmd]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         try:
             self._proc = subprocess.Popen(

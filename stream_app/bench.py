@@ -225,11 +225,12 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
         child.start()
         try:
             spy = None
+            stacks = work / "profile.txt"
             if args.profile_s:
-                (work / "profile.txt").unlink(missing_ok=True)
+                stacks.unlink(missing_ok=True)
                 venv_spy = Path(sys.executable).with_name("py-spy")
                 spy = subprocess.Popen([str(venv_spy) if venv_spy.exists() else "py-spy", "record", "-f", "raw", "-r", "200", "-d", str(max(1, round(args.profile_s))),
-                                        "-o", str(work / "profile.txt"), "--pid", str(child.pid)])
+                                        "-o", str(stacks), "--pid", str(child.pid)])
             cpu0 = cpu_seconds(child.pid)
             n = send(s, s.topics.clicks, msgs, rate=args.rate)
             got = wait_for(broker.bootstrap_servers, s.topics.recommendations, n, 600, child.alive)
@@ -246,7 +247,6 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
     out = {"events": got, "events_per_s": round(got / max(1e-3, (last_out - first_in) / 1000.0), 1),
            "cpu_s_per_1k": round(cpu / max(1, got) * 1000, 3), "rate": args.rate, **percentiles(lat),
            "batch_metrics": batches, "overrides": args.set}
-    stacks = work / "profile.txt"
     if args.profile_s and stacks.exists():
         from stream_app.profile import format_summary, summarize
 

@@ -37,15 +37,15 @@ _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 def part_of(frames: list[str]) -> str:
     """The part of one stack; asyncio frames count for the code that called them (a socket write
     for the producer that sent, a task switch for the stream that awaited), except the idle ``select``."""
+    (idle_name, idle_patterns), rest = PARTS[0], PARTS[1:]
     in_loop = False
     for frame in reversed(frames):  # innermost first
-        idle_name, idle_patterns = PARTS[0]
         if any(p in frame for p in idle_patterns):
             return idle_name
         if "asyncio/" in frame:
             in_loop = True
             continue
-        for name, patterns in PARTS[1:]:
+        for name, patterns in rest:
             if any(p in frame for p in patterns):
                 return name
     return LOOP if in_loop else OTHER

@@ -216,20 +216,13 @@ async def fetch_highwaters(consumer: Any, partitions: Iterable[TP]) -> dict[TP, 
 class StreamrecConsumerThread(AIOKafkaConsumerThread):
     """Consumer thread: uncommitted partitions rewound on ``seek_to_committed``; Tansu options."""
 
-    fetch_max_wait_ms: int = 0  # 0 = Faust's
+    fetch_max_wait_ms: int = 0  # 0 = Faust's; else the floor of the adaptive wait
     highwaters_from_fetch: bool = False
-    fetch_wait: FetchWait | None = None
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        if self.fetch_max_wait_ms > 0:
-            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by the Fetcher built in start()
-        return consumer
 
     async def on_start(self) -> None:
         await super().on_start()
         if self.fetch_max_wait_ms > 0:
-            self.fetch_wait = adapt_fetch_wait(self._consumer, self.fetch_max_wait_ms)
+            adapt_fetch_wait(self._consumer, self.fetch_max_wait_ms)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed_or_start)

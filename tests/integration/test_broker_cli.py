@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -28,9 +31,6 @@ def test_broker_command_serves_and_stops_cleanly() -> None:
 
 
 def test_the_embedded_broker_stops_when_its_starter_is_killed() -> None:
-    import shutil
-    import time
-
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is not installed")
     starter = subprocess.Popen(
@@ -51,8 +51,6 @@ def test_the_embedded_broker_stops_when_its_starter_is_killed() -> None:
 
 
 def _alive(pid: int) -> bool:
-    from pathlib import Path
-
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

@@ -44,6 +44,17 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+def dies_with_parent(cmd: list[str], signal_name: str) -> list[str]:
+    """``cmd`` prefixed so that the child gets ``signal_name`` when the thread that starts it dies.
+
+    Linux only (``setpriv --pdeathsig``, util-linux; it execs, so the pid stays the
+    same); elsewhere ``cmd`` unchanged. Linux ties the signal to the starting
+    *thread*: start the child from one that lives as long as the child should.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", signal_name, *cmd] if setpriv else list(cmd)
+
+
 class EmbeddedBroker:
     """A Tansu broker on a loopback port, in memory; a context manager.
 
@@ -76,11 +87,9 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", "memory://tansu/"]
-        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-        if setpriv:
-            # KILL, not TERM: on TERM Tansu waits for its clients to disconnect, and the
-            # workers a killed harness leaves behind stay connected. Execs: same pid.
-            cmd = [setpriv, "--pdeathsig", "KILL", *cmd]
+        # KILL, not TERM: on TERM Tansu waits for its clients to disconnect, and the
+        # workers a killed harness leaves behind stay connected.
+        cmd = dies_with_parent(cmd, "KILL")
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         try:
             self._proc = subprocess.Popen(

@@ -16,7 +16,7 @@ from threading import Thread
 from types import TracebackType
 from typing import Any
 
-from stream_app.broker import free_port
+from stream_app.broker import dies_with_parent, free_port
 from stream_app.records import DEAD_LETTER_REASON_HEADER, Recommendation
 from stream_app.settings import Settings
 from stream_app.topics import client_kwargs
@@ -50,8 +50,10 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
         env.update(self.settings.to_env())
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # a harness that dies (a killed test run, chaos or bench) takes its workers with it:
+        # SIGTERM, a graceful stop, instead of workers retrying against a broker that is gone
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "worker"],
+            dies_with_parent([sys.executable, "-m", "stream_app.cli", "worker"], "TERM"),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         Thread(target=self._drain, daemon=True).start()

@@ -231,6 +231,8 @@ class StreamrecConsumerThread(AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         committed = await consumer.seek_to_committed()
         acking = self.app.topics.acking_topics
+        log.info("seek to committed offsets: %s", {f"{tp.topic}/{tp.partition}": offset
+                                                     for tp, offset in sorted(committed.items())})
         uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic in acking]
         if uncommitted:
             log.info("no committed offset for %s: reading them from the start", sorted(map(tuple, uncommitted)))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from stream_app.broker import EmbeddedBroker, free_port
@@ -169,3 +174,35 @@ def test_start_up_refuses_a_data_dir_ahead_of_the_changelog(settings: Settings) 
     lines = [line for line in worker.tail if line.strip()]
     assert lines[-1].startswith("streamrec worker: error: the data dir"), lines[-3:]
     assert "delete the data dir" in lines[-1]
+
+
+def test_workers_stop_when_the_harness_that_started_them_is_killed(settings: Settings) -> None:
+    """A killed test run, chaos or bench run leaves no worker behind: it gets SIGTERM and exits."""
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    script = ("import time; from stream_app.harness import WorkerProcess; from stream_app.settings import Settings; "
+              "w = WorkerProcess(Settings()).start(); print(w.proc.pid, flush=True); w.wait_ready(); "
+              "print('ready', flush=True); time.sleep(300)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(settings.to_env())
+    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pid = int(starter.stdout.readline())
+        assert starter.stdout.readline().strip() == "ready"
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(10)
+        deadline = time.monotonic() + settings.worker.shutdown_grace_s + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(pid), "the worker outlived the harness that started it"
+    finally:
+        starter.kill()
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

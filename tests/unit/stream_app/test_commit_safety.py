@@ -1,4 +1,4 @@
-"""Nothing committed ahead of its effects: DeliveryAcks, and the click queue kept across flow-control resume (faust-streaming #596)."""
+"""Nothing committed ahead of its effects: DeliveryAcks, the click queue kept across flow-control resume (faust-streaming #596), click partitions resumed only once sought to their committed offsets."""
 
 from __future__ import annotations
 
@@ -178,3 +178,55 @@ def test_a_batch_stuck_beyond_the_delivery_timeout_is_reported_once() -> None:
     finally:
         logging.getLogger("streamrec.agents").removeHandler(handler)
     assert [r.levelno for r in records] == [logging.ERROR], "the stall is logged once, as an error"
+
+
+# -- stream partitions stay paused until sought to their committed offsets ---------------------------------
+
+def _consumer(seek):  # noqa: ANN001, ANN202
+    """A StreamrecConsumer with only what resume_partitions and perform_seek touch; ``seek`` plays Faust's."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from stream_app.transport import StreamrecConsumer
+
+    consumer = StreamrecConsumer.__new__(StreamrecConsumer)
+    consumer._held = set()
+    consumer._active_partitions = set()
+    consumer._paused_partitions = set()
+    consumer.app = SimpleNamespace(topics=SimpleNamespace(acking_topics={"clicks"}))
+    return consumer, mock.patch.object(FaustConsumer, "perform_seek", seek)
+
+
+def test_resumed_click_partitions_wait_for_the_seek_to_committed() -> None:
+    from faust.types import TP
+
+    clicks, changelog = TP("clicks", 0), TP("app-user_state-changelog", 0)
+    seen_during_seek: list[set] = []
+
+    async def seek(self) -> None:  # noqa: ANN001
+        seen_during_seek.append(set(self._active_partitions))
+
+    consumer, patched = _consumer(seek)
+    with patched:
+        consumer.resume_partitions({clicks, changelog})
+        assert consumer._active_partitions == {changelog}, "a click partition was fetched before the seek"
+        run(consumer.perform_seek())
+    assert seen_during_seek == [{changelog}]
+    assert consumer._active_partitions == {clicks, changelog}
+
+
+def test_a_failed_seek_still_resumes_the_click_partitions() -> None:
+    from faust.types import TP
+
+    async def seek(self) -> None:  # noqa: ANN001
+        raise TimeoutError("broker gone")
+
+    consumer, patched = _consumer(seek)
+    with patched:
+        consumer.resume_partitions([TP("clicks", 1)])
+        try:
+            run(consumer.perform_seek())
+        except TimeoutError:
+            pass
+    assert consumer._active_partitions == {TP("clicks", 1)}, "left paused: the partition would stall silently"

@@ -136,7 +136,7 @@ class Shell:
             # straight to the producer: Topic.send's per-message Faust bookkeeping cost
             # more than the send itself (docs/performance.md)
             delivered.append(await producer.send(topic, event.key, out.recommendation.to_json(), None, None, None))
-            self._count(out, inc)
+            self._count(out, inc, event.message.time_in)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
         delivered.extend(self.w.table.take_undelivered())
@@ -161,10 +161,12 @@ class Shell:
                 outcomes.append(None)
         return outcomes
 
-    def _count(self, out: Any, inc: Incoming) -> None:
+    def _count(self, out: Any, inc: Incoming, received: float | None) -> None:
         m = self.m
         m.published.labels(out.recommendation.strategy).inc()
         m.click_to_publish.observe(max(0.0, time.time() - inc.source.timestamp))
+        if received is not None:  # Faust's monitor stamps each message (monotonic) as the consumer hands it over
+            m.receive_to_publish.observe(max(0.0, time.monotonic() - received))
         if out.reset_reason:
             m.state_resets.labels(out.reset_reason).inc()
         if out.unknown_item:

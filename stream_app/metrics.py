@@ -27,6 +27,7 @@ class Metrics:
     replayed: Counter
     processing: Histogram
     click_to_publish: Histogram
+    receive_to_publish: Histogram
     batch_size: Histogram
     state_bytes: Histogram
     users: Gauge
@@ -59,6 +60,10 @@ class Metrics:
             click_to_publish=Histogram("streamrec_click_to_publish_seconds",
                                        "From the click's timestamp to its list being handed to the producer",
                                        buckets=LATENCY_BUCKETS, registry=r),
+            receive_to_publish=Histogram("streamrec_receive_to_publish_seconds",
+                                         "From the worker receiving the click from the broker to its list being "
+                                         "handed to the producer: the worker's own share of click_to_publish",
+                                         buckets=LATENCY_BUCKETS, registry=r),
             batch_size=Histogram("streamrec_batch_size", "Clicks per micro-batch", buckets=BATCH_BUCKETS,
                                  registry=r),
             state_bytes=Histogram("streamrec_state_bytes", "Encoded size of a user's state",

@@ -31,6 +31,7 @@ class Window:
     worker_cpu_s: float = 0.0  # CPU seconds the worker used in the window
     broker_cpu_s: float = 0.0  # CPU seconds the embedded broker used in the window
     batch_p99_s: float = math.nan  # the worker's own time per micro-batch (streamrec_processing_seconds), p99
+    worker_p99_s: float = math.nan  # click received by the worker to list produced (receive_to_publish), p99
 
 
 @dataclass
@@ -53,11 +54,20 @@ class SoakReport:
         """End over warm-up RSS, minus one (0.05 = 5% more)."""
         return self.rss_end_bytes / self.rss_warm_bytes - 1.0 if self.rss_warm_bytes else float("nan")
 
+    def _ratio(self, field_name: str) -> float:
+        values = [getattr(w, field_name) for w in self.windows if w.t_s >= self.warmup_s]
+        values = [v for v in values if v == v]
+        return values[-1] / values[0] if len(values) >= 2 and values[0] > 0 else float("nan")
+
     @property
     def p99_ratio(self) -> float:
-        """Last window's p99 over the first one after the warm-up (1.0 = steady)."""
-        p99 = [w.p99_s for w in self.windows if w.t_s >= self.warmup_s and w.p99_s == w.p99_s]
-        return p99[-1] / p99[0] if len(p99) >= 2 and p99[0] > 0 else float("nan")
+        """Last window's click-to-publish p99 over the first one after the warm-up (1.0 = steady)."""
+        return self._ratio("p99_s")
+
+    @property
+    def worker_p99_ratio(self) -> float:
+        """The same for the worker's own share, receive to publish."""
+        return self._ratio("worker_p99_s")
 
     @property
     def p99_steady(self) -> bool:
@@ -71,19 +81,22 @@ class SoakReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(rss_growth=round(self.rss_growth, 4), p99_ratio=round(self.p99_ratio, 2),
+                 worker_p99_ratio=round(self.worker_p99_ratio, 2),
                  p99_steady=self.p99_steady, ok=self.ok)
         return d
 
 
-PROCESSING_BUCKET = 'streamrec_processing_seconds_bucket{le="'
+PROCESSING = "streamrec_processing_seconds"
+RECEIVE_TO_PUBLISH = "streamrec_receive_to_publish_seconds"
 
 
-def processing_buckets(metrics: dict[str, float]) -> dict[float, float]:
-    """``{upper bound: cumulative count}`` of the worker's per-batch processing histogram."""
+def histogram_buckets(metrics: dict[str, float], histogram: str = PROCESSING) -> dict[float, float]:
+    """``{upper bound: cumulative count}`` of one of the worker's histograms (unlabelled) in a scrape."""
+    prefix = f'{histogram}_bucket{{le="'
     out = {}
     for name, value in metrics.items():
-        if name.startswith(PROCESSING_BUCKET):
-            out[float(name[len(PROCESSING_BUCKET):].rstrip('"}'))] = value
+        if name.startswith(prefix):
+            out[float(name[len(prefix):].rstrip('"}'))] = value
     return out
 
 
@@ -113,7 +126,8 @@ def _sample(worker: Any, broker_pid: int | None) -> dict[str, Any]:
     m = parse_metrics(worker.metrics())
     out = {"rss": m.get("process_resident_memory_bytes", math.nan), "cpu": m.get("process_cpu_seconds_total", 0.0),
            "consumed": m.get("streamrec_clicks_consumed_total", 0.0), "broker_cpu": math.nan,
-           "broker_rss": math.nan, "batches": processing_buckets(m)}
+           "broker_rss": math.nan, "batches": histogram_buckets(m, PROCESSING),
+           "receive": histogram_buckets(m, RECEIVE_TO_PUBLISH)}
     if broker_pid:
         try:
             fields = Path(f"/proc/{broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -224,7 +238,8 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
                 lag=int(n_sent - (smp["consumed"] - first["consumed"])),
                 worker_cpu_s=round(smp["cpu"] - previous["cpu"], 2),
                 broker_cpu_s=round(smp["broker_cpu"] - previous["broker_cpu"], 2),
-                batch_p99_s=histogram_quantile(previous["batches"], smp["batches"], 0.99)))
+                batch_p99_s=histogram_quantile(previous["batches"], smp["batches"], 0.99),
+                worker_p99_s=histogram_quantile(previous["receive"], smp["receive"], 0.99)))
             previous = smp
         warm = [smp["rss"] for t, smp, _ in samples if t >= warmup_frac * seconds] or [samples[-1][1]["rss"]]
         return SoakReport(
@@ -240,16 +255,16 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
 
 def format_report(r: SoakReport) -> str:
     lines = [f"saturated rate {r.saturated_rate:.0f} clicks/s; soak at {r.rate:.0f} clicks/s for {r.seconds:.0f}s",
-             f"{'t_s':>6} {'rss_MiB':>8} {'lists':>7} {'p50_ms':>8} {'p99_ms':>8} {'batch_p99_ms':>12} {'lag':>7} "
-             f"{'worker_cpu_s':>12} {'broker_cpu_s':>12}"]
+             f"{'t_s':>6} {'rss_MiB':>8} {'lists':>7} {'p50_ms':>8} {'p99_ms':>8} {'worker_p99_ms':>13} "
+             f"{'batch_p99_ms':>12} {'lag':>7} {'worker_cpu_s':>12} {'broker_cpu_s':>12}"]
     for w in r.windows:
         lines.append(f"{w.t_s:>6.0f} {w.rss_bytes / 2**20:>8.1f} {w.clicks:>7} {w.p50_s * 1000:>8.1f} "
-                     f"{w.p99_s * 1000:>8.1f} {w.batch_p99_s * 1000:>12.1f} {w.lag:>7} {w.worker_cpu_s:>12.1f} "
-                     f"{w.broker_cpu_s:>12.1f}")
+                     f"{w.p99_s * 1000:>8.1f} {w.worker_p99_s * 1000:>13.1f} {w.batch_p99_s * 1000:>12.1f} "
+                     f"{w.lag:>7} {w.worker_cpu_s:>12.1f} {w.broker_cpu_s:>12.1f}")
     lines.append(f"clicks {r.clicks}, lost {r.lost}, dead letters {r.dead_letters}, error lines {r.errors}, "
                  f"RSS {r.rss_warm_bytes / 2**20:.1f} -> {r.rss_end_bytes / 2**20:.1f} MiB after warm-up "
                  f"({100 * r.rss_growth:+.1f}%), max {r.rss_max_bytes / 2**20:.1f} MiB, "
-                 f"p99 last/first after warm-up {r.p99_ratio:.2f}: "
+                 f"p99 last/first after warm-up {r.p99_ratio:.2f} (worker's share {r.worker_p99_ratio:.2f}): "
                  f"{'OK' if r.ok else 'FAILED'}")
     return "\n".join(lines)
 

@@ -194,6 +194,11 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
                                     {"color": "red", "value": LATENCY_OBJECTIVE_S}]), 12, 9),
             (heatmap("Click to publish latency (heatmap)",
                      f"sum by (le) (increase(streamrec_click_to_publish_seconds_bucket{{{SEL}}}[{RATE}]))"), 12, 9),
+            (timeseries("Worker's share: receive to publish", quantiles("streamrec_receive_to_publish_seconds"),
+                        unit="s",
+                        description="From the worker receiving a click from the broker to its list being handed "
+                                    "to the producer. When click to publish grows and this does not, the time is "
+                                    "spent upstream or in the broker, not in the worker."), 12, 9),
         ]),
         ("Lag", [
             (timeseries("Consumer lag (messages, worker view)", [

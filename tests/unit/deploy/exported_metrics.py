@@ -29,6 +29,7 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_replayed_clicks_total": _m("counter"),
     "streamrec_processing_seconds": _m("histogram"),
     "streamrec_click_to_publish_seconds": _m("histogram"),
+    "streamrec_receive_to_publish_seconds": _m("histogram"),
     "streamrec_batch_size": _m("histogram"),
     "streamrec_state_bytes": _m("histogram"),
     "streamrec_users": _m("gauge"),

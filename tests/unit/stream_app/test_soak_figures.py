@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stream_app.soak import histogram_quantile, processing_buckets
+from stream_app.soak import RECEIVE_TO_PUBLISH, histogram_buckets, histogram_quantile
 
 INF = float("inf")
 
@@ -14,7 +14,7 @@ def test_processing_buckets_are_read_from_the_scrape() -> None:
               'streamrec_processing_seconds_bucket{le="+Inf"}': 5.0,
               'streamrec_processing_seconds_count': 5.0,
               'streamrec_batch_size_bucket{le="1.0"}': 9.0}
-    assert processing_buckets(scrape) == {0.01: 3.0, INF: 5.0}
+    assert histogram_buckets(scrape) == {0.01: 3.0, INF: 5.0}
 
 
 def test_the_quantile_is_of_the_observations_between_the_scrapes() -> None:
@@ -32,3 +32,10 @@ def test_the_first_bucket_starts_at_zero_and_the_open_one_returns_its_lower_boun
 def test_no_observations_give_nan() -> None:
     assert math.isnan(histogram_quantile({0.01: 5.0, INF: 5.0}, {0.01: 5.0, INF: 5.0}, 0.99))
     assert math.isnan(histogram_quantile({}, {}, 0.99))
+
+
+def test_the_workers_share_is_read_from_its_own_histogram() -> None:
+    scrape = {'streamrec_processing_seconds_bucket{le="0.01"}': 3.0,
+              'streamrec_receive_to_publish_seconds_bucket{le="0.05"}': 7.0,
+              'streamrec_receive_to_publish_seconds_bucket{le="+Inf"}': 8.0}
+    assert histogram_buckets(scrape, RECEIVE_TO_PUBLISH) == {0.05: 7.0, INF: 8.0}

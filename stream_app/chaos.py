@@ -66,7 +66,13 @@ class FaultResult:
 
 
 class FaultEnv:
-    """One broker, fresh topics and group, workers with their own ports and data dirs; kills everything on exit."""
+    """One broker, fresh topics and group, workers with their own ports and data dirs; kills everything on exit.
+
+    The broker is a fresh embedded one unless ``STREAMREC_KAFKA__BOOTSTRAP_SERVERS``
+    names a cluster (then ``broker`` is None and the topics are created there, with
+    unique names): the soak and the worker faults run against a real Kafka cluster
+    too, only the broker freeze needs the embedded broker's process.
+    """
 
     def __init__(self, model_path: Path, root: Path, standby: int = 0, loglevel: str = "INFO") -> None:
         from stream_app.broker import EmbeddedBroker
@@ -76,9 +82,10 @@ class FaultEnv:
             shutil.rmtree(stale, ignore_errors=True)
         for old_log in root.glob("worker-*.log"):
             old_log.unlink()
-        self.broker = EmbeddedBroker().start()
+        configured = Settings()
+        self.broker = EmbeddedBroker().start() if configured.kafka.needs_embedded else None
         tag = uuid.uuid4().hex[:8]
-        base = Settings().with_embedded_broker(self.broker.bootstrap_servers)
+        base = configured.with_embedded_broker(self.broker.bootstrap_servers) if self.broker else configured
         self.settings = base.model_copy(update={
             "topics": base.topics.model_copy(update={
                 "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}",
@@ -109,7 +116,8 @@ class FaultEnv:
     def close(self) -> None:
         for w in self.workers:
             w.stop(timeout_s=30)
-        self.broker.stop()
+        if self.broker is not None:
+            self.broker.stop()
 
 
 # -- the faults: each starts its workers, runs the traffic, injects, returns fault-end times ------------------
@@ -164,6 +172,8 @@ def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str,
 
 
 def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
+    if env.broker is None:
+        raise RuntimeError("the broker freeze needs the embedded broker (it SIGSTOPs its process)")
     w = _under_traffic(env, traffic, p)
     env.broker.freeze()
     try:
@@ -408,6 +418,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
     faults = [f for f in FAULTS if not args.only or any(o in f for o in args.only)]
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    if not Settings().kafka.needs_embedded and FAULTS[3] in faults:
+        faults.remove(FAULTS[3])
+        say(f"{FAULTS[3]}: skipped, it needs the embedded broker (a cluster is configured)")
     started = time.monotonic()
     results = []
     for i, name in enumerate(faults):

@@ -39,3 +39,17 @@ def test_the_workers_share_is_read_from_its_own_histogram() -> None:
               'streamrec_receive_to_publish_seconds_bucket{le="0.05"}': 7.0,
               'streamrec_receive_to_publish_seconds_bucket{le="+Inf"}': 8.0}
     assert histogram_buckets(scrape, RECEIVE_TO_PUBLISH) == {0.05: 7.0, INF: 8.0}
+
+
+def test_latency_is_steady_only_against_the_first_window() -> None:
+    from stream_app.soak import SoakReport, Window
+
+    def window(t: float, p99: float) -> Window:
+        return Window(t_s=t, rss_bytes=100.0, clicks=10, p50_s=p99 / 2, p99_s=p99, worker_p99_s=0.04)
+
+    # a rise inside the warm-up (the first quarter) counts: 0.1 -> 0.25 is 2.5x, though 0.2 -> 0.25 is not
+    r = SoakReport(saturated_rate=10.0, rate=5.0, seconds=400.0, clicks=40, lost=0, dead_letters=0, errors=0,
+                   rss_warm_bytes=100.0, rss_end_bytes=100.0, rss_max_bytes=100.0, warmup_s=150.0,
+                   windows=[window(100, 0.1), window(200, 0.2), window(300, 0.2), window(400, 0.25)])
+    assert math.isclose(r.p99_ratio, 2.5) and not r.p99_steady and not r.ok
+    assert math.isclose(r.worker_p99_ratio, 1.0)

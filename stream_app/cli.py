@@ -31,7 +31,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with EmbeddedBroker(port=args.port) as broker:
-        print(f"embedded broker (Tansu, in memory) ready at {broker.bootstrap_servers}", flush=True)
+        print(f"embedded broker (Tansu, in memory) ready at {broker.bootstrap_servers} (pid {broker.pid})",
+              flush=True)
         print(f"  export STREAMREC_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers} "
               "STREAMREC_KAFKA__EMBEDDED=true", flush=True)
         while not stop.wait(0.5):

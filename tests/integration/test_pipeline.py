@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 from stream_app.harness import TopicReader, WorkerProcess, dead_letter_reasons, parse_metrics, recommendations
 from stream_app.recommender import Incoming
@@ -13,6 +16,8 @@ from stream_app.worker import load_recommender
 from tests.integration.helpers import (
     assert_same_states, click, final_states, reference_states, scenario, send_all,
 )
+
+CHECK_LISTS = Path(__file__).resolve().parents[2] / "deploy" / "check_lists.py"
 
 MALFORMED = [
     (b"user-x", b"not json at all", "not_json"),
@@ -57,6 +62,15 @@ def test_thousand_clicks_fifty_malformed(settings: Settings) -> None:
     assert {r.value for r in dlq} <= {v for _, v in messages}
     assert metrics["streamrec_clicks_consumed_total"] == 1000
     assert sum(v for k, v in metrics.items() if k.startswith("streamrec_dead_letters_total")) == 50
+    # the same count with another client (librdkafka), as an operator checks a fault injected by hand
+    checked = subprocess.run(
+        [sys.executable, str(CHECK_LISTS), "--bootstrap", settings.kafka.bootstrap_servers,
+         "--clicks", settings.topics.clicks, "--recommendations", settings.topics.recommendations,
+         "--dead-letter", settings.topics.dead_letter], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    count = json.loads(checked.stdout)
+    assert (count["clicks"], count["clicks_with_a_list"], count["dead_letters"], count["missing"]) == (1000, 950, 50, 0)
+    assert count["dead_letter_reasons"] == dict(sorted(expected_reasons.items()))
 
     # every user's state is in the partition of its own clicks, and equals a clean replay
     valid_positions = [p for p, (k, v) in zip(positions, messages) if (k, v) in set(valid)]

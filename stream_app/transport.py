@@ -273,6 +273,15 @@ class StreamrecConsumer(Consumer):
         super().__init__(*args, **kwargs)
         self._held: set[TP] = set()  # stream partitions to resume once sought to their committed offsets
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # Faust makes every assigned partition active, then pauses them all a few awaits
+        # later (App._on_partitions_assigned); stream partitions are paused from the start
+        # here, so no click is fetched for a stream before its table is recovered and the
+        # partition sought.
+        acking = self.app.topics.acking_topics
+        self._paused_partitions.update(tp for tp in assigned if tp.topic in acking)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     def resume_partitions(self, tps: Iterable[TP]) -> None:
         tps = list(tps)
         acking = self.app.topics.acking_topics

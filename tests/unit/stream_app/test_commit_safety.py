@@ -230,3 +230,23 @@ def test_a_failed_seek_still_resumes_the_click_partitions() -> None:
         except TimeoutError:
             pass
     assert consumer._active_partitions == {TP("clicks", 1)}, "left paused: the partition would stall silently"
+
+
+def test_assigned_click_partitions_start_paused() -> None:
+    from unittest import mock
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.types import TP
+
+    clicks, changelog = TP("clicks", 0), TP("app-user_state-changelog", 0)
+    active_after_assignment: list[set] = []
+
+    async def assigned(self, tps, generation_id=0) -> None:  # noqa: ANN001
+        self._paused_partitions.intersection_update(tps)  # what Faust's does first
+        self._set_active_tps(tps)
+        active_after_assignment.append(set(self._active_partitions))
+
+    consumer, patched = _consumer(None)
+    with mock.patch.object(FaustConsumer, "on_partitions_assigned", assigned):
+        run(consumer.on_partitions_assigned({clicks, changelog}))
+    assert active_after_assignment == [{changelog}]

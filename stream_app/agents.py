@@ -165,7 +165,7 @@ class Shell:
         m = self.m
         m.published.labels(out.recommendation.strategy).inc()
         m.click_to_publish.observe(max(0.0, time.time() - inc.source.timestamp))
-        if received is not None:  # Faust's monitor stamps each message (monotonic) as the consumer hands it over
+        if received is not None:  # Faust's monitor stamps each message (monotonic) as a stream takes it
             m.receive_to_publish.observe(max(0.0, time.monotonic() - received))
         if out.reset_reason:
             m.state_resets.labels(out.reset_reason).inc()

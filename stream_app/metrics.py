@@ -61,8 +61,8 @@ class Metrics:
                                        "From the click's timestamp to its list being handed to the producer",
                                        buckets=LATENCY_BUCKETS, registry=r),
             receive_to_publish=Histogram("streamrec_receive_to_publish_seconds",
-                                         "From the worker receiving the click from the broker to its list being "
-                                         "handed to the producer: the worker's own share of click_to_publish",
+                                         "From a stream taking the click (after the consumer's buffer) to its list "
+                                         "being handed to the producer: micro-batching and processing",
                                          buckets=LATENCY_BUCKETS, registry=r),
             batch_size=Histogram("streamrec_batch_size", "Clicks per micro-batch", buckets=BATCH_BUCKETS,
                                  registry=r),

@@ -31,7 +31,7 @@ class Window:
     worker_cpu_s: float = 0.0  # CPU seconds the worker used in the window
     broker_cpu_s: float = 0.0  # CPU seconds the embedded broker used in the window
     batch_p99_s: float = math.nan  # the worker's own time per micro-batch (streamrec_processing_seconds), p99
-    worker_p99_s: float = math.nan  # click received by the worker to list produced (receive_to_publish), p99
+    worker_p99_s: float = math.nan  # a stream taking the click to its list produced (receive_to_publish), p99
 
 
 @dataclass

@@ -196,9 +196,10 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
                      f"sum by (le) (increase(streamrec_click_to_publish_seconds_bucket{{{SEL}}}[{RATE}]))"), 12, 9),
             (timeseries("Worker's share: receive to publish", quantiles("streamrec_receive_to_publish_seconds"),
                         unit="s",
-                        description="From the worker receiving a click from the broker to its list being handed "
-                                    "to the producer. When click to publish grows and this does not, the time is "
-                                    "spent upstream or in the broker, not in the worker."), 12, 9),
+                        description="From a stream taking a click (after the consumer's buffer) to its list "
+                                    "being handed to the producer: micro-batching and processing. When click to "
+                                    "publish grows and neither this nor the lag does, the time is spent upstream "
+                                    "or in the broker."), 12, 9),
         ]),
         ("Lag", [
             (timeseries("Consumer lag (messages, worker view)", [

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from stream_app.broker import dies_with_parent
+
 DIGINETICA = Path("/work/shared/data/diginetica")
 WARMUP_MS = 2000.0  # half-rate latency leaves out the first 2 s of clicks (fresh process, empty caches)
 
@@ -292,8 +294,9 @@ class Child:
                    s.topics.recommendations]
         else:
             cmd = [sys.executable, "-m", "stream_app.naive"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # like WorkerProcess: SIGTERM when the bench that started it dies
+        self.proc = subprocess.Popen(dies_with_parent(cmd, "TERM"), env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._drain, daemon=True).start()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:

@@ -182,12 +182,10 @@ def test_a_batch_stuck_beyond_the_delivery_timeout_is_reported_once() -> None:
 
 # -- stream partitions stay paused until sought to their committed offsets ---------------------------------
 
-def _consumer(seek):  # noqa: ANN001, ANN202
-    """A StreamrecConsumer with only what resume_partitions and perform_seek touch; ``seek`` plays Faust's."""
+def _consumer():  # noqa: ANN202
+    """A StreamrecConsumer with only what resume_partitions, perform_seek and on_partitions_assigned touch."""
     from types import SimpleNamespace
-    from unittest import mock
 
-    from faust.transport.consumer import Consumer as FaustConsumer
     from stream_app.transport import StreamrecConsumer
 
     consumer = StreamrecConsumer.__new__(StreamrecConsumer)
@@ -195,7 +193,16 @@ def _consumer(seek):  # noqa: ANN001, ANN202
     consumer._active_partitions = set()
     consumer._paused_partitions = set()
     consumer.app = SimpleNamespace(topics=SimpleNamespace(acking_topics={"clicks"}))
-    return consumer, mock.patch.object(FaustConsumer, "perform_seek", seek)
+    return consumer
+
+
+def _faust_plays(method: str, fake):  # noqa: ANN001, ANN202
+    """Patch Faust's own ``Consumer.<method>``, which the StreamrecConsumer override calls."""
+    from unittest import mock
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    return mock.patch.object(FaustConsumer, method, fake)
 
 
 def test_resumed_click_partitions_wait_for_the_seek_to_committed() -> None:
@@ -207,8 +214,8 @@ def test_resumed_click_partitions_wait_for_the_seek_to_committed() -> None:
     async def seek(self) -> None:  # noqa: ANN001
         seen_during_seek.append(set(self._active_partitions))
 
-    consumer, patched = _consumer(seek)
-    with patched:
+    consumer = _consumer()
+    with _faust_plays("perform_seek", seek):
         consumer.resume_partitions({clicks, changelog})
         assert consumer._active_partitions == {changelog}, "a click partition was fetched before the seek"
         run(consumer.perform_seek())
@@ -222,8 +229,8 @@ def test_a_failed_seek_still_resumes_the_click_partitions() -> None:
     async def seek(self) -> None:  # noqa: ANN001
         raise TimeoutError("broker gone")
 
-    consumer, patched = _consumer(seek)
-    with patched:
+    consumer = _consumer()
+    with _faust_plays("perform_seek", seek):
         consumer.resume_partitions([TP("clicks", 1)])
         try:
             run(consumer.perform_seek())
@@ -233,9 +240,6 @@ def test_a_failed_seek_still_resumes_the_click_partitions() -> None:
 
 
 def test_assigned_click_partitions_start_paused() -> None:
-    from unittest import mock
-
-    from faust.transport.consumer import Consumer as FaustConsumer
     from faust.types import TP
 
     clicks, changelog = TP("clicks", 0), TP("app-user_state-changelog", 0)
@@ -246,7 +250,7 @@ def test_assigned_click_partitions_start_paused() -> None:
         self._set_active_tps(tps)
         active_after_assignment.append(set(self._active_partitions))
 
-    consumer, patched = _consumer(None)
-    with mock.patch.object(FaustConsumer, "on_partitions_assigned", assigned):
+    consumer = _consumer()
+    with _faust_plays("on_partitions_assigned", assigned):
         run(consumer.on_partitions_assigned({clicks, changelog}))
     assert active_after_assignment == [{changelog}]

@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.streamrec-installed
 
 install: $(STAMP)
 
-# torch is installed first and pinned: the CPU build 2.13.0 lies on the build
-# machines' disk; letting the resolver pick torch pulls a multi-GB CUDA build.
+# torch is installed first and pinned exactly: a looser range lets pip resolve a newer,
+# larger build from PyPI.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/streamrec demo
 
-# promtool and prometheus (Debian package) for the deploy checks and the real-Prometheus test;
-# the script does nothing when they are there, and the tests say why they skip without them.
+# promtool and prometheus (Debian) for the deploy checks and the real-Prometheus test, java and
+# mvn (Debian) and the Apache Kafka jars (Maven Central, cached in ~/.cache/streamrec/kafka) for
+# the Kafka tier; nothing is done for what is there, and the tests say why they skip without it.
 test: $(STAMP)
 	-@deploy/install-ci-deps.sh
+	-@$(VENV)/bin/streamrec kafka --fetch-only
 	$(PY) -m pytest -q tests
 
 test-unit: $(STAMP)

@@ -202,7 +202,7 @@ def fit(
     best epoch's weights are kept and training stops after ``patience`` epochs
     without improvement.
     """
-    from tqdm import tqdm
+    from models.progress import progress as progress_bar
 
     n_items = len(counts)
     torch.manual_seed(cfg.seed)
@@ -233,7 +233,7 @@ def fit(
         state = model.zero_state(B)  # (B, S)
         loss_sum = torch.zeros(())
         n_steps = len(ins)
-        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=0.5, leave=False)
+        bar = progress_bar(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
         for s in bar:
             lr = cfg.lr
             if cfg.lr_schedule == "linear":

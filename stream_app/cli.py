@@ -25,7 +25,7 @@ def _settings() -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream_app.broker import EmbeddedBroker
+    from stream_app.brokers.embedded import EmbeddedBroker
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -43,25 +43,54 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from stream_app.brokers.kafka import KafkaCluster
+
+    settings = _settings()
+    b = settings.broker
+    if args.fetch_only:
+        from stream_app.brokers.kafka import cache_dir, java_binary, kafka_libs
+
+        java_binary()
+        libs = kafka_libs(args.version or b.kafka_version, cache_dir(b.kafka_cache_dir))
+        print(f"Apache Kafka {args.version or b.kafka_version} jars in {libs}", flush=True)
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = KafkaCluster(nodes=args.nodes or b.kafka_nodes, version=args.version or b.kafka_version,
+                           heap_mb=b.kafka_heap_mb, cache=b.kafka_cache_dir)
+    with cluster:
+        pids = ", ".join(str(n.pid) for n in cluster.nodes)
+        print(f"Apache Kafka {cluster.version}, {len(cluster.nodes)} node(s), KRaft, data on {cluster.root}, "
+              f"ready at {cluster.bootstrap_servers} (pids {pids})", flush=True)
+        print(f"  export STREAMREC_KAFKA__BOOTSTRAP_SERVERS={cluster.bootstrap_servers}", flush=True)
+        while not stop.wait(0.5):
+            dead = [n.node_id for n in cluster.nodes if not n.alive()]
+            if dead and not args.keep_going:
+                print(f"Kafka node(s) {dead} exited: {cluster.node(dead[0]).log_tail()}", file=sys.stderr)
+                return 1
+    print("Apache Kafka stopped", flush=True)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream_app import worker
+    from stream_app.brokers import local_broker
+    from stream_app.worker import start as worker
 
     settings = _settings()
     if args.model:
         settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": Path(args.model)})})
-    if settings.kafka.needs_embedded:
-        from stream_app.broker import EmbeddedBroker
-
-        with EmbeddedBroker() as broker:
-            print(f"no STREAMREC_KAFKA__BOOTSTRAP_SERVERS: started the embedded broker at "
+    with local_broker(settings) as (broker, settings):
+        if broker is not None:
+            print(f"no STREAMREC_KAFKA__BOOTSTRAP_SERVERS: started a local {settings.broker.kind} broker at "
                   f"{broker.bootstrap_servers}", flush=True)
-            return worker.run(settings.with_embedded_broker(broker.bootstrap_servers))
-    return worker.run(settings)
+        return worker.run(settings)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream_app.replay import click_messages, read_log, replay
-    from stream_app.topics import ensure_topics
+    from stream_app.lab.replay import click_messages, read_log, replay
+    from stream_app.worker.topics import ensure_topics
 
     settings = _settings()
     if settings.kafka.needs_embedded:
@@ -74,14 +103,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream_app.demo import run_demo
+    from stream_app.lab.demo import run_demo
 
     return run_demo(_settings(), args)
 
 
 # Modules that add their own sub-commands with ``register(subparsers)``; each is
 # imported only when the parser is built, and imports its heavy parts lazily.
-COMMAND_MODULES = ("stream_app.offline_cli", "stream_app.chaos", "stream_app.bench")
+COMMAND_MODULES = ("stream_app.offline_cli", "stream_app.lab.chaos", "stream_app.lab.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu, in memory)")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("kafka", help="run Apache Kafka (KRaft, on loopback, data on tmpfs) until Ctrl-C / SIGTERM")
+    p.add_argument("--nodes", type=int, default=0, help="1 (default) or 3 for a replicated cluster")
+    p.add_argument("--version", default="", help="Kafka version (default STREAMREC_BROKER__KAFKA_VERSION, 3.9.1)")
+    p.add_argument("--fetch-only", action="store_true", help="fetch the jars into the cache and exit")
+    p.add_argument("--keep-going", action="store_true",
+                   help="stay up when a node dies (faults injected by hand: restart it yourself)")
+    p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("worker", help="run the stream worker (settings from STREAMREC_* variables)")
     p.add_argument("--model", help="checkpoint path (overrides STREAMREC_MODEL__PATH)")
@@ -103,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-prefix", default="u", help="user id = prefix + session id")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("demo", help="broker + model + worker + replay of rsc15-100k test sessions")
-    p.add_argument("--data", default=None, help="folder with train_full.tsv and test.tsv "
-                   "(default: ../shared/data/rsc15-100k)")
+    p = sub.add_parser("demo", help="broker + model + worker + a replay of real test sessions, with a live view")
+    p.add_argument("--data", default=None, help="'movielens' (default: MovieLens-100k from the recbole wheel on "
+                   "PyPI), a name under STREAMREC_LAB__DATA_DIR (e.g. rsc15-100k), or a folder with "
+                   "train_full.tsv and test.tsv")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N test clicks")
     p.add_argument("--rate", type=float, default=1000.0,
                    help="replay rate, clicks/s (0: as fast as possible; latency is then queueing time)")

@@ -6,6 +6,7 @@
     ├── TopicError           a topic is missing or has the wrong partition count
     ├── ModelLoadError       the checkpoint is missing, corrupt or incompatible
     ├── StateDirError        the local state (RocksDB data dir) does not match the changelog
+    ├── DatasetError         a data set cannot be found, fetched or read
     └── InvalidClick         one click is unusable (dead-lettered with .reason, never raised out of the worker)
 
 Third-party failures are wrapped with ``raise ... from exc``.
@@ -36,6 +37,10 @@ class ModelLoadError(StreamrecError):
 
 class StateDirError(StreamrecError):
     """The worker's data dir holds state the changelog topic does not have; found during table recovery."""
+
+
+class DatasetError(StreamrecError):
+    """A data set the demo or a benchmark needs is missing, cannot be fetched or cannot be read."""
 
 
 class InvalidClick(StreamrecError):

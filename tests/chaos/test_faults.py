@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.chaos import FAULTS, Profile, run_fault
+from stream_app.brokers import KINDS
+from stream_app.lab.chaos import FAULTS, Profile, run_fault
+from stream_app.lab.cluster_faults import CLUSTER_FAULTS
+from tests.support import skip_unless_broker
 
 pytestmark = pytest.mark.chaos
 
@@ -14,9 +17,11 @@ pytestmark = pytest.mark.chaos
 CI = Profile("ci", rate=40.0, min_clicks=0, users=24, gap_s=1.0, tail_s=1.0, freeze_s=3.0, burst=200)
 
 
+@pytest.mark.parametrize("broker", KINDS)
 @pytest.mark.parametrize("fault", FAULTS)
-def test_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_path: Path) -> None:
-    r = run_fault(fault, CI, small_checkpoint, tmp_path / "run")
+def test_fault_loses_nothing(fault: str, broker: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    skip_unless_broker(broker)
+    r = run_fault(fault, CI, small_checkpoint, tmp_path / "run", broker_kind=broker)
     assert "error" not in r.detail, r.detail
     assert r.clicks > 0
     assert r.lost == 0, r.detail
@@ -26,3 +31,15 @@ def test_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_path: Path)
         assert r.detail["exit_code"] == 0, "a SIGTERM exit is clean, inside the grace period"
     if fault.startswith("rebalance"):
         assert r.detail["b_clicks_before_kill"] > 0, "the killed worker owned partitions"
+
+
+@pytest.mark.parametrize("fault", CLUSTER_FAULTS)
+def test_cluster_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    """Three Kafka nodes, RF 3, min ISR 2: a broker killed, the clicks leader frozen, the controller killed."""
+    skip_unless_broker("kafka")
+    r = run_fault(fault, CI, small_checkpoint, tmp_path / "run", broker_kind="kafka")
+    assert "error" not in r.detail, r.detail
+    assert r.clicks > 0
+    assert r.lost == 0, r.detail
+    assert r.detail["dead_letters_lost"] == 0, r.detail
+    assert r.state_mismatches == 0, r.detail

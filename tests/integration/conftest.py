@@ -1,34 +1,61 @@
-"""Integration tier: one real embedded broker (Tansu over TCP) per session, fresh topics per test."""
+"""Integration tier: every test on both brokers, over TCP: the embedded Tansu broker, then Apache Kafka.
+
+One broker of each kind per session (the tests run grouped by broker, so only one
+is up at a time), fresh topics, group and data dir per test. With
+STREAMREC_KAFKA__BOOTSTRAP_SERVERS set, the tests run once, on that cluster.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from stream_app.broker import EmbeddedBroker
+from stream_app.brokers import KINDS, start_broker
+from stream_app.brokers.embedded import EmbeddedBroker
 from stream_app.settings import Settings
-from stream_app.topics import ensure_topics
+from stream_app.worker.topics import ensure_topics
+from tests.support import skip_unless_broker
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker | None]:
-    """The embedded broker, unless STREAMREC_KAFKA__BOOTSTRAP_SERVERS points the tests at a real cluster."""
-    if not Settings().kafka.needs_embedded:
-        yield None
-        return
-    with EmbeddedBroker() as b:
-        yield b
+@dataclass
+class LocalBroker:
+    kind: str  # "embedded", "kafka", or "configured" (STREAMREC_KAFKA__BOOTSTRAP_SERVERS)
+    process: Any  # EmbeddedBroker | KafkaCluster | None
+    settings: Settings
 
 
-@pytest.fixture(scope="session")
-def base_settings(broker: EmbeddedBroker | None) -> Settings:
+@pytest.fixture(scope="session", params=KINDS)
+def local(request: pytest.FixtureRequest) -> Iterator[LocalBroker]:
+    """A local broker of each kind in turn, unless STREAMREC_KAFKA__BOOTSTRAP_SERVERS names a cluster."""
     configured = Settings()
-    return configured if broker is None else configured.with_embedded_broker(broker.bootstrap_servers)
+    if not configured.kafka.needs_embedded:
+        if request.param != "kafka":
+            pytest.skip("a cluster is configured: the tests run once, on it")
+        yield LocalBroker("configured", None, configured)
+        return
+    skip_unless_broker(request.param)
+    process, settings = start_broker(configured, request.param)
+    try:
+        yield LocalBroker(request.param, process, settings)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(local: LocalBroker) -> EmbeddedBroker | None:
+    """The embedded broker when it is the one under test, else None (for tests of its quirks)."""
+    return local.process if local.kind == "embedded" else None
+
+
+@pytest.fixture(scope="session")
+def base_settings(local: LocalBroker) -> Settings:
+    return local.settings
 
 
 @pytest.fixture()

@@ -1,8 +1,8 @@
-"""Test helpers: re-exported from stream_app.verify, which the chaos suite shares."""
+"""Test helpers: re-exported from stream_app.lab.verify, which the chaos suite shares."""
 
 from __future__ import annotations
 
-from stream_app.verify import (  # noqa: F401 - re-exports
+from stream_app.lab.verify import (  # noqa: F401 - re-exports
     Delivery,
     assert_same_states,
     click,

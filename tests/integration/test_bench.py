@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.bench import default_data_dir
+from stream_app.lab.bench import default_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import pytest
 from kafka import KafkaAdminClient
+
+from tests.support import assert_dies_with_starter
 
 
 def test_broker_command_serves_and_stops_cleanly() -> None:
@@ -31,28 +29,6 @@ def test_broker_command_serves_and_stops_cleanly() -> None:
 
 
 def test_the_embedded_broker_stops_when_its_starter_is_killed() -> None:
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is not installed")
-    starter = subprocess.Popen(
-        [sys.executable, "-c", "from stream_app.broker import EmbeddedBroker; import time; "
-                               "b = EmbeddedBroker().start(); print(b.pid, flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        pid = int(starter.stdout.readline())
-        assert _alive(pid)
-        starter.send_signal(signal.SIGKILL)
-        starter.wait(10)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(pid), "the broker outlived the process that started it"
-    finally:
-        starter.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert_dies_with_starter("from stream_app.brokers.embedded import EmbeddedBroker; import time; "
+                             "b = EmbeddedBroker().start(); print(b.pid, flush=True); time.sleep(120)",
+                             "embedded broker")

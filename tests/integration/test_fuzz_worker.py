@@ -16,10 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 
 from stream_app.errors import InvalidClick
-from stream_app.harness import TopicReader, WorkerProcess, http_get, recommendations
-from stream_app.records import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER
+from stream_app.lab.harness import TopicReader, WorkerProcess, http_get, recommendations
+from stream_app.core.records import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER
 from stream_app.settings import Settings
-from stream_app.validate import decode_click
+from stream_app.core.validate import decode_click
 from tests.integration.helpers import click, send_all
 
 MAX_BYTES = 2048

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.harness import TopicReader, WorkerProcess, http_get, parse_metrics, recommendations
+from stream_app.brokers.embedded import EmbeddedBroker
+from stream_app.brokers.process import free_port
+from stream_app.lab.harness import TopicReader, WorkerProcess, http_get, parse_metrics, recommendations
 from stream_app.settings import Settings
-from stream_app.topics import ensure_topics
+from stream_app.worker.topics import ensure_topics
 from tests.integration.helpers import (
     assert_same_states, click, delivery, final_states, reference_states, scenario, send_all,
 )
@@ -180,7 +181,7 @@ def test_workers_stop_when_the_harness_that_started_them_is_killed(settings: Set
     """A killed test run, chaos or bench run leaves no worker behind: it gets SIGTERM and exits."""
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is not installed")
-    script = ("import time; from stream_app.harness import WorkerProcess; from stream_app.settings import Settings; "
+    script = ("import time; from stream_app.lab.harness import WorkerProcess; from stream_app.settings import Settings; "
               "w = WorkerProcess(Settings()).start(); print(w.proc.pid, flush=True); w.wait_ready(); "
               "print('ready', flush=True); time.sleep(300)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}

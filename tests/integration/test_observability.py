@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.broker import free_port
-from stream_app.harness import TopicReader, WorkerProcess, http_get, recommendations
+from stream_app.brokers.process import free_port
+from stream_app.lab.harness import TopicReader, WorkerProcess, http_get, recommendations
 from stream_app.settings import Settings
 from tests.integration.helpers import click, send_all
 from tests.unit.deploy.promql import dashboard_expressions, metric_names, rules_expressions

@@ -8,11 +8,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from stream_app.harness import TopicReader, WorkerProcess, dead_letter_reasons, parse_metrics, recommendations
-from stream_app.recommender import Incoming
-from stream_app.records import Click, Source
+from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, parse_metrics, recommendations
+from stream_app.core.recommender import Incoming
+from stream_app.core.records import Click, Source
 from stream_app.settings import Settings
-from stream_app.worker import load_recommender
+from stream_app.worker.start import load_recommender
 from tests.integration.helpers import (
     assert_same_states, click, final_states, reference_states, scenario, send_all,
 )

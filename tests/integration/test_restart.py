@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from stream_app.harness import TopicReader, WorkerProcess, recommendations
+from stream_app.lab.harness import TopicReader, WorkerProcess, recommendations
 from stream_app.settings import Settings
 from tests.integration.helpers import assert_same_states, final_states, reference_states, scenario, send_all
 

@@ -1,4 +1,4 @@
-"""exported_metrics.WORKER_METRICS against what stream_app.metrics declares.
+"""exported_metrics.WORKER_METRICS against what stream_app.worker.metrics declares.
 
 The deploy files are checked against WORKER_METRICS; this keeps that list honest
 while the worker evolves (names, types and label names). Scraping a running worker
@@ -16,9 +16,9 @@ def _declared() -> dict[str, tuple[str, frozenset[str]]]:
     try:
         from prometheus_client import CollectorRegistry
 
-        from stream_app.metrics import Metrics
+        from stream_app.worker.metrics import Metrics
     except Exception as exc:  # the worker package is written in parallel
-        pytest.skip(f"stream_app.metrics not importable yet: {exc!r}")
+        pytest.skip(f"stream_app.worker.metrics not importable yet: {exc!r}")
     metrics = Metrics.create(CollectorRegistry())
     declared: dict[str, tuple[str, frozenset[str]]] = {}
     for value in vars(metrics).values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stream_app.batching import DeliveryAcks
+from stream_app.worker.batching import DeliveryAcks
 
 
 class RecordingStream:
@@ -115,7 +115,7 @@ def test_the_click_queue_survives_flow_control_resume() -> None:
 
     from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-    from stream_app.batching import keep_queue_on_resume
+    from stream_app.worker.batching import keep_queue_on_resume
 
     async def scenario() -> tuple[bool, int, int]:
         flow = FlowControlEvent()
@@ -159,7 +159,7 @@ def test_a_batch_stuck_beyond_the_delivery_timeout_is_reported_once() -> None:
     import time
     from types import SimpleNamespace
 
-    from stream_app.agents import Shell
+    from stream_app.worker.agents import Shell
     from stream_app.settings import Settings
 
     settings = Settings()
@@ -186,7 +186,7 @@ def _consumer():  # noqa: ANN202
     """A StreamrecConsumer with only what resume_partitions, perform_seek and on_partitions_assigned touch."""
     from types import SimpleNamespace
 
-    from stream_app.transport import StreamrecConsumer
+    from stream_app.worker.transport import StreamrecConsumer
 
     consumer = StreamrecConsumer.__new__(StreamrecConsumer)
     consumer._held = set()

@@ -1,4 +1,4 @@
-"""Rankers (stream_app/ranking.py): exact equals full scoring, the ANN index finds the same lists, masks hold."""
+"""Rankers (stream_app/core/ranking.py): exact equals full scoring, the ANN index finds the same lists, masks hold."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.rnn import ModelConfig, build_model
-from stream_app.ranking import AnnRanker, ExactRanker, item_matrix, masked_top_k, query_matrix, recall_at_k
-from stream_app.recommender import Incoming, Policy, Recommender
-from stream_app.records import Click, Source
-from stream_app.state import decode
+from stream_app.core.ranking import AnnRanker, ExactRanker, item_matrix, masked_top_k, query_matrix, recall_at_k
+from stream_app.core.recommender import Incoming, Policy, Recommender
+from stream_app.core.records import Click, Source
+from stream_app.core.state import decode
 
 
 def clustered_model(n_items: int = 4000, hidden: int = 16, seed: int = 0):

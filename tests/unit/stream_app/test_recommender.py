@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from stream_app.recommender import Incoming, Policy, Recommender
-from stream_app.records import Click, Source
-from stream_app.state import decode
+from stream_app.core.recommender import Incoming, Policy, Recommender
+from stream_app.core.records import Click, Source
+from stream_app.core.state import decode
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def test_first_known_click_steps_from_zero(ckpt) -> None:
     h, scores = ckpt.model.step(ckpt.model.zero_state(1), torch.tensor([3]))
     state = decode(out.state_blob)
     np.testing.assert_allclose(state.hidden, h[0].detach().numpy(), atol=1e-6)
-    assert out.new_user and out.recommendation.strategy == "model"
+    assert out.recommendation.strategy == "model"
     s = scores[0].detach().clone()
     s[3] = float("-inf")
     assert list(out.recommendation.items) == [f"i{j}" for j in torch.topk(s, 5).indices.tolist()]

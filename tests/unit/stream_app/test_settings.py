@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from stream_app.app import faust_config, rocksdb_options
+from stream_app.worker.app import faust_config, rocksdb_options
 from stream_app.settings import Settings
-from stream_app.topics import client_kwargs
+from stream_app.worker.topics import client_kwargs
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +44,8 @@ def test_sasl_password_is_secret_and_reaches_the_clients(monkeypatch: pytest.Mon
 def test_embedded_quirks_only_for_the_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMREC_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
     real = faust_config(Settings())
-    assert "broker_session_timeout" not in real and "producer_max_batch_size" not in real
+    assert "producer_max_batch_size" not in real
+    assert real["broker_session_timeout"] == 10.0 and real["broker_heartbeat_interval"] == 3.0  # the Kafka settings
     embedded = faust_config(Settings().with_embedded_broker("127.0.0.1:1234"))
     assert embedded["broker_session_timeout"] == 6.0 and embedded["broker_heartbeat_interval"] == 1.0
     assert embedded["broker"] == "kafka://127.0.0.1:1234"

@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent("""
     import signal, time
     import faust
     from stream_app.settings import Settings
-    from stream_app.worker import graceful_worker
+    from stream_app.worker.start import graceful_worker
 
     s = Settings()
     s = s.model_copy(update={"worker": s.worker.model_copy(update={"shutdown_grace_s": 0.5})})

@@ -1,10 +1,10 @@
-"""The soak's per-window figures from two /metrics scrapes (stream_app/soak.py)."""
+"""The soak's per-window figures from two /metrics scrapes (stream_app/lab/soak.py)."""
 
 from __future__ import annotations
 
 import math
 
-from stream_app.soak import RECEIVE_TO_PUBLISH, histogram_buckets, histogram_quantile
+from stream_app.lab.soak import RECEIVE_TO_PUBLISH, histogram_buckets, histogram_quantile
 
 INF = float("inf")
 
@@ -42,7 +42,7 @@ def test_the_workers_share_is_read_from_its_own_histogram() -> None:
 
 
 def test_latency_is_steady_only_against_the_first_window() -> None:
-    from stream_app.soak import SoakReport, Window
+    from stream_app.lab.soak import SoakReport, Window
 
     def window(t: float, p99: float) -> Window:
         return Window(t_s=t, rss_bytes=100.0, clicks=10, p50_s=p99 / 2, p99_s=p99, worker_p99_s=0.04)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stream_app.state import StateDecodeError, UserState, decode, encode
+from stream_app.core.state import StateDecodeError, UserState, decode, encode
 
 
 def make(hidden: np.ndarray | None = None) -> UserState:

@@ -1,4 +1,4 @@
-"""The worker's consumer: what Faust may count as done (stream_app/transport.py), on real Faust objects."""
+"""The worker's consumer: what Faust may count as done (stream_app/worker/transport.py), on real Faust objects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from stream_app.transport import StreamrecConsumer, install
+from stream_app.worker.transport import StreamrecConsumer, install
 
 TOPIC = "clicks"
 PART = TP(TOPIC, 0)
@@ -65,7 +65,7 @@ from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 
-from stream_app.transport import FetchWait, starved  # noqa: E402
+from stream_app.worker.transport import FetchWait, starved  # noqa: E402
 
 
 def fetch(offsets: dict[int, int]) -> Any:
@@ -111,7 +111,7 @@ def test_fetch_wait_bounds_are_checked() -> None:
 
 
 def test_a_fetch_is_behind_when_a_partition_starts_below_its_known_high_watermark() -> None:
-    from stream_app.transport import behind, highwaters_of
+    from stream_app.worker.transport import behind, highwaters_of
 
     known = highwaters_of(answer({0: (200, None), 1: (50, b"r")}))
     assert known == {(TOPIC, 0): 200, (TOPIC, 1): 50}

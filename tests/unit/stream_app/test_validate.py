@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from stream_app.errors import InvalidClick
-from stream_app.validate import decode_click
+from stream_app.core.validate import decode_click
 
 NOW = 1_700_000_000.0
 

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from stream_app.chaos import recovery_seconds
-from stream_app.records import Recommendation, Source
-from stream_app.state import UserState
-from stream_app.traffic import BAD_INPUT, clicks_stream
-from stream_app.validate import decode_click
+from stream_app.lab.chaos import recovery_seconds
+from stream_app.core.records import Recommendation, Source
+from stream_app.core.state import UserState
+from stream_app.lab.traffic import BAD_INPUT, clicks_stream
+from stream_app.core.validate import decode_click
 from stream_app.errors import InvalidClick
-from stream_app.verify import delivery, state_mismatches
+from stream_app.lab.verify import delivery, state_mismatches
 
 
 def _rec(part: int, off: int, produced: float = 0.0, replayed: bool = False) -> Recommendation:

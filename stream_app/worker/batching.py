@@ -130,7 +130,7 @@ class DeliveryAcks:
 
     Faust commits the highest offset below which every message was acked, and
     commits flush its producer buffer only briefly (see
-    ``stream_app.app.DeliveryTrackedTable``). Acking a click only after its state
+    ``stream_app.worker.app.DeliveryTrackedTable``). Acking a click only after its state
     change and its list reached the broker means a committed offset never runs
     ahead of its effects: after a crash, a click either left everything behind
     or is consumed again (and the replay guard keeps its state from advancing

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
 import logging
 import time
 import weakref
@@ -11,21 +13,21 @@ from typing import Any
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream_app import openapi
-from stream_app.app import Wiring
-from stream_app.batching import DeliveryAcks, keep_queue_on_resume, take_available
+from stream_app.worker import openapi
+from stream_app.worker.app import Wiring
+from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
 from stream_app.errors import InvalidClick
-from stream_app.metrics import Metrics
-from stream_app.recommender import Incoming, Recommender
-from stream_app.records import (
+from stream_app.worker.metrics import Metrics
+from stream_app.core.recommender import Incoming, Recommender
+from stream_app.core.records import (
     DEAD_LETTER_DETAIL_HEADER,
     DEAD_LETTER_REASON_HEADER,
     DEAD_LETTER_SOURCE_HEADER,
     Source,
 )
 from stream_app.settings import Settings
-from stream_app.state import StateDecodeError, decode
-from stream_app.validate import decode_click
+from stream_app.core.state import StateDecodeError, decode
+from stream_app.core.validate import decode_click
 
 
 log = logging.getLogger("streamrec.agents")
@@ -334,6 +336,36 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+def bearer_ok(request: Any, token: str) -> bool:
+    """True when no token is configured, or the request carries ``Authorization: Bearer <token>``.
+
+    Constant-time comparison (``hmac.compare_digest``), on bytes so that a non-ASCII header
+    cannot raise.
+    """
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                              token.encode("utf-8"))
+
+
+def requires_token(token: str) -> Any:
+    """A page decorator answering 401 unless :func:`bearer_ok`.
+
+    Outermost, before Faust's ``table_route``: a request without the token is not
+    forwarded to the worker that owns the key, and one with it is forwarded with its
+    headers (the owner checks the same token).
+    """
+    def decorate(fun: Any) -> Any:
+        @functools.wraps(fun)
+        async def checked(web: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if not bearer_ok(request, token):
+                return web.json({"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+            return await fun(web, request, *args, **kwargs)
+        return checked
+    return decorate
+
+
 def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> Shell:
     """Register the agent, the timers and the HTTP pages on the app."""
     app = wiring.app
@@ -342,7 +374,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
 
     @app.agent(wiring.clicks, name="streamrec.process_clicks")
     async def process_clicks(stream: Any) -> None:
-        # take_events, flushed early when no click is waiting (stream_app/batching.py)
+        # take_events, flushed early when no click is waiting (stream_app/worker/batching.py)
         if not keep_queue_on_resume(app, stream):
             log.warning("could not exempt the click queue from Faust's clear-on-resume (faust-streaming #596)")
         acks = shell.acks = DeliveryAcks(stream, timeout_s=w.delivery_timeout_s)
@@ -403,6 +435,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
         return web.json({"ready": ok, "model_version": recommender.model_version}, status=200 if ok else 503)
 
     @app.page("/users/{user_id}/recommendations")
+    @requires_token(w.api_token.get_secret_value())  # user data: behind the token when one is set
     @app.table_route(table=wiring.table, match_info="user_id")
     async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
         body = shell.latest(user_id.encode("utf-8"))

@@ -122,7 +122,7 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
 
 def _sample(worker: Any, broker_pid: int | None) -> dict[str, Any]:
     """The worker's RSS, CPU, clicks consumed and batch times (from /metrics), the broker's CPU and RSS (/proc)."""
-    from stream_app.harness import parse_metrics
+    from stream_app.lab.harness import parse_metrics
 
     m = parse_metrics(worker.metrics())
     out = {"rss": m.get("process_resident_memory_bytes", math.nan), "cpu": m.get("process_cpu_seconds_total", 0.0),
@@ -145,9 +145,9 @@ def _latencies(recs: list[Any]) -> np.ndarray:
 
 def saturated_rate(settings: Any, items: list[str], n: int, users: int) -> float:
     """Clicks per second the worker sustains on a backlog: produce ``n`` at once, time the middle 80% of lists."""
-    from stream_app.harness import TopicReader, recommendations
-    from stream_app.traffic import clicks_stream
-    from stream_app.verify import send_all
+    from stream_app.lab.harness import TopicReader, recommendations
+    from stream_app.lab.traffic import clicks_stream
+    from stream_app.lab.verify import send_all
 
     stream = clicks_stream(items, users, seed=7, user_prefix="sat-")
     messages = [(k, v) for k, v, _ in (next(stream) for _ in range(n))]
@@ -167,7 +167,7 @@ def saturated_rate(settings: Any, items: list[str], n: int, users: int) -> float
 
 def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, warmup_frac: float = 0.25,
              saturation_clicks: int = 3000, users: int = 500, rate: float = 0.0, linger_ms: int = 50,
-             log: Callable[[str], None] = lambda s: None) -> SoakReport:
+             log: Callable[[str], None] = lambda s: None, broker_kind: str | None = None) -> SoakReport:
     """Saturated rate first (unless ``rate`` is given), then ``seconds`` of traffic at half of it.
 
     The click producer lingers ``linger_ms`` and the list reader asks for 64 KiB
@@ -176,14 +176,14 @@ def run_soak(seconds: float, model_path: Path, root: Path, windows: int = 6, war
     and with 5 ms batches of about one click each its CPU, not the worker, set
     the soak's latency after a few minutes.
     """
-    from stream_app.chaos import FaultEnv
-    from stream_app.harness import TopicReader, recommendations
-    from stream_app.traffic import Traffic, clicks_stream
-    from stream_app.verify import delivery
-    from stream_app.worker import load_recommender
+    from stream_app.lab.fault_env import FaultEnv
+    from stream_app.lab.harness import TopicReader, recommendations
+    from stream_app.lab.traffic import Traffic, clicks_stream
+    from stream_app.lab.verify import delivery
+    from stream_app.worker.start import load_recommender
 
     root.mkdir(parents=True, exist_ok=True)
-    env = FaultEnv(model_path, root)
+    env = FaultEnv(model_path, root, broker_kind=broker_kind)
     try:
         recommender, _ = load_recommender(env.settings)
         items = recommender.item_ids[:1000]
@@ -272,13 +272,13 @@ def format_report(r: SoakReport) -> str:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from stream_app.traffic import json_line, small_checkpoint
+    from stream_app.lab.traffic import json_line, small_checkpoint
 
     work = Path(args.work_dir)
     model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     report = run_soak(args.soak, model, work / "soak", rate=args.soak_rate, windows=args.soak_windows,
-                      linger_ms=args.soak_linger_ms, log=say)
+                      linger_ms=args.soak_linger_ms, log=say, broker_kind=args.broker)
     print(format_report(report), file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json_line({"soak": report.to_dict()}), flush=True)

@@ -16,94 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from stream_app.broker import dies_with_parent
+from stream_app.brokers.process import dies_with_parent
 
-DIGINETICA = Path("/work/shared/data/diginetica")
 WARMUP_MS = 2000.0  # half-rate latency leaves out the first 2 s of clicks (fresh process, empty caches)
-
-
-# --------------------------------------------------------------------------- data and models
-
-def default_data_dir() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = base.parent / "shared" / "data" / "diginetica"
-        if candidate.is_dir():
-            return candidate
-    return DIGINETICA
-
-
-def ensure_diginetica_model(data: Path, work: Path, given: str | None) -> Path:
-    """The --model checkpoint, or a small one trained once on diginetica and cached."""
-    if given:
-        return Path(given)
-    path = work / "model-diginetica.pt"
-    if not path.is_file():
-        print(f"[bench] training a small model on {data / 'train_full.tsv'} (2 epochs, cached at {path}) ...",
-              flush=True)
-        cmd = [sys.executable, "-m", "stream_app.cli", "train", str(data / "train_full.tsv"), "--out", str(path),
-               "--threads", "1", "--epochs", "2", "--hidden", "100", "--quiet"]
-        subprocess.run(cmd, check=True)
-    return path
-
-
-def ensure_synthetic_model(work: Path, n_items: int = 1_000_000, hidden: int = 100, seed: int = 7) -> Path:
-    """A random-weight GRU over ``n_items`` items (cached).
-
-    Item embeddings are random but clustered (2,000 random centres plus noise)
-    rather than i.i.d.: trained item tables have that structure, and i.i.d.
-    vectors make every ANN index look useless (docs/performance.md).
-    """
-    path = work / f"model-synthetic-{n_items}.pt"
-    if path.is_file():
-        return path
-    import torch
-
-    from models.checkpoint import save_checkpoint
-    from models.rnn import ModelConfig, build_model
-
-    print(f"[bench] building a random-weight {n_items:,}-item model (cached at {path}) ...", flush=True)
-    model = build_model(ModelConfig(n_items=n_items, hidden=hidden, constrained=True), seed=seed).eval()
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(2000, hidden, generator=g) * 0.25  # (C, H)
-    assign = torch.randint(0, 2000, (n_items,), generator=g)  # (N,)
-    with torch.no_grad():
-        model.out_emb.copy_(centres[assign] + torch.randn(n_items, hidden, generator=g) * 0.08)  # (N, H)
-        model.out_bias.copy_(torch.randn(n_items, generator=g) * 0.1)  # (N,)
-    counts = torch.randint(1, 1000, (n_items,), generator=g)
-    save_checkpoint(path, model, [f"s{i}" for i in range(n_items)], counts, {"synthetic": True, "seed": seed})
-    return path
-
-
-def diginetica_clicks(data: Path, limit: int) -> list[tuple[bytes, bytes]]:
-    from stream_app.replay import click_messages, read_log
-
-    return list(click_messages(read_log(data / "test.tsv", limit=limit or None), user_prefix="u"))
-
-
-def synthetic_clicks(n: int, n_items: int, seed: int = 11) -> list[tuple[bytes, bytes]]:
-    """Interleaved sessions (mean length 5) over a skewed item distribution, in time order."""
-    import numpy as np
-
-    from stream_app.records import Click
-
-    rng = np.random.default_rng(seed)
-    out: list[tuple[bytes, bytes]] = []
-    live: list[list[Any]] = []
-    ts = 1_700_000_000.0
-    next_session = 0
-    while len(out) < n:
-        if len(live) < 200 or rng.random() < 0.2:
-            live.append([f"x{next_session}", int(rng.geometric(0.2))])
-            next_session += 1
-        j = int(rng.integers(len(live)))
-        user, left = live[j]
-        item = int(min(n_items - 1, rng.pareto(0.8) * 50)) if rng.random() < 0.7 else int(rng.integers(n_items))
-        ts += 0.01
-        out.append((user.encode(), Click(user, f"s{item}", ts).to_json()))
-        live[j][1] -= 1
-        if live[j][1] <= 0:
-            live.pop(j)
-    return out
 
 
 # --------------------------------------------------------------------------- Kafka helpers
@@ -111,7 +26,7 @@ def synthetic_clicks(n: int, n_items: int, seed: int = 11) -> list[tuple[bytes, 
 def send(settings: Any, topic: str, messages: list[tuple[bytes, bytes]], rate: float = 0.0,
          duration_s: float = 0.0) -> int:
     """Produce in order (at ``rate``/s for ``duration_s`` if given; cycling through messages is not done)."""
-    from stream_app.replay import producer
+    from stream_app.lab.replay import producer
 
     prod = producer(settings, linger_ms=1)
     n = 0
@@ -136,7 +51,7 @@ async def _highwater_total(servers: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
-    from stream_app.transport import fetch_highwaters
+    from stream_app.worker.transport import fetch_highwaters
 
     c = AIOKafkaConsumer(bootstrap_servers=servers)
     await c.start()
@@ -164,7 +79,7 @@ async def _read_all(servers: str, topic: str) -> list[tuple[int, bytes, list[tup
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
-    from stream_app.transport import fetch_highwaters
+    from stream_app.worker.transport import fetch_highwaters
 
     c = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest",
                          max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
@@ -278,7 +193,7 @@ class Child:
         return p is not None and p.poll() is None
 
     def start(self, timeout_s: float = 180.0) -> float:
-        from stream_app.harness import WorkerProcess
+        from stream_app.lab.harness import WorkerProcess
 
         t0 = time.monotonic()
         if self.kind == "worker":
@@ -290,10 +205,10 @@ class Child:
         env["PYTHONUNBUFFERED"] = "1"
         s = self.settings
         if self.kind == "ceiling":
-            cmd = [sys.executable, "-m", "stream_app.ceiling", s.kafka.bootstrap_servers, s.topics.clicks,
-                   s.topics.recommendations]
+            cmd = [sys.executable, "-m", "stream_app.lab.ceiling", s.kafka.bootstrap_servers, s.topics.clicks,
+                   s.topics.recommendations, *(["embedded"] if s.kafka.embedded else [])]
         else:
-            cmd = [sys.executable, "-m", "stream_app.naive"]
+            cmd = [sys.executable, "-m", "stream_app.lab.naive"]
         # like WorkerProcess: SIGTERM when the bench that started it dies
         self.proc = subprocess.Popen(dies_with_parent(cmd, "TERM"), env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -309,7 +224,7 @@ class Child:
         raise RuntimeError(f"{self.kind} not ready after {timeout_s}s:\n" + "\n".join(self.tail))
 
     def _ready_http(self) -> bool:
-        from stream_app.harness import http_get
+        from stream_app.lab.harness import http_get
 
         w = self.settings.worker
         try:
@@ -340,7 +255,7 @@ class Child:
 
 def fresh_settings(base: Any, model: Path, work: Path, overrides: dict[str, Any] | None = None) -> Any:
     """Own topics, group and data dir for one system run."""
-    from stream_app.broker import free_port
+    from stream_app.brokers.process import free_port
 
     tag = uuid.uuid4().hex[:8]
     data = work / f"data-{tag}"
@@ -376,7 +291,7 @@ def run_system(kind: str, base: Any, model: Path, work: Path, broker_pid: int | 
                sat_msgs: list[tuple[bytes, bytes]], half_msgs: list[tuple[bytes, bytes]], half_rate: float,
                half_s: float, overrides: dict[str, Any] | None = None, soak_s: float = 0.0) -> Result:
     """Saturation run, then a half-rate run (fresh topics each), on one started child per run."""
-    from stream_app.topics import ensure_topics
+    from stream_app.worker.topics import ensure_topics
 
     res = Result(kind)
     servers = base.kafka.bootstrap_servers
@@ -427,7 +342,7 @@ def run_system(kind: str, base: Any, model: Path, work: Path, broker_pid: int | 
 
 def soak(child: Child, s: Any, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float) -> dict[str, Any]:
     """Keep feeding at ``rate`` (cycling the clicks with fresh user ids) and sample RSS every 10 s."""
-    from stream_app.replay import producer
+    from stream_app.lab.replay import producer
 
     prod = producer(s, linger_ms=1)
     samples: list[tuple[float, int]] = []
@@ -467,55 +382,3 @@ def soak(child: Child, s: Any, msgs: list[tuple[bytes, bytes]], rate: float, sec
             "rss_mb_max": round(max(rss) / 2**20, 1),
             "growth_after_warmup_pct": round(100.0 * (rss[-1] - warm[0]) / max(1, warm[0]), 1),
             "samples_mb": [(t, round(r / 2**20, 1)) for t, r in samples]}
-
-
-# --------------------------------------------------------------------------- ANN recall
-
-def ann_recall(model_path: Path, clicks: list[tuple[bytes, bytes]], n_queries: int, work: Path,
-               probes: int = 32) -> dict[str, Any]:
-    """Recall@20 of the ANN ranker against exact top 20, on the model's own session vectors."""
-    import numpy as np
-    import torch
-
-    from models.checkpoint import load_checkpoint
-    from stream_app.ranking import AnnRanker, ExactRanker, recall_at_k
-
-    ckpt = load_checkpoint(model_path)
-    m = ckpt.model
-    t0 = time.perf_counter()
-    ann = AnnRanker(m.out_emb, m.out_bias, probes=probes, cache_dir=work / "ann", tag=ckpt.version)
-    build_s = time.perf_counter() - t0
-    exact = ExactRanker(m.out_emb, m.out_bias)
-    states: dict[bytes, torch.Tensor] = {}
-    recent: dict[bytes, list[int]] = {}
-    qs: list[torch.Tensor] = []
-    excl: list[set[int]] = []
-    with torch.inference_mode():
-        for key, value in clicks:
-            item = ckpt.item_index.get(str(json.loads(value)["item_id"]))
-            if item is None:
-                continue
-            h = states.get(key, m.zero_state(1))
-            h, _ = m.advance(h, m.input_table()[torch.tensor([item])])
-            states[key] = h
-            recent[key] = (recent.get(key, []) + [item])[-5:]
-            qs.append(m.output_vector(h)[0])
-            excl.append(set(recent[key]))
-            if len(qs) >= n_queries:
-                break
-        if not qs:  # no click on an item the model knows
-            return {"items": len(ckpt.item_ids), "queries": 0, "recall_at_20": None}
-        q = torch.stack(qs)  # (Q, H)
-        t0 = time.perf_counter()
-        want = exact.top_k(q, 20, excl)
-        exact_ms = (time.perf_counter() - t0) / len(qs) * 1000
-        t0 = time.perf_counter()
-        got = ann.top_k(q, 20, excl)
-        ann_ms = (time.perf_counter() - t0) / len(qs) * 1000
-    return {"items": len(ckpt.item_ids), "queries": len(qs), "lists": ann.lists, "probes": ann.probes,
-            "recall_at_20": round(recall_at_k(got.indices, want.indices, 20), 4),
-            "index_build_or_load_s": round(build_s, 1), "exact_ms_per_query": round(exact_ms, 3),
-            "ann_ms_per_query": round(ann_ms, 3), "model_version": ckpt.version,
-            "mean_norm": float(np.round(q.norm(dim=1).mean().item(), 3))}
-
-

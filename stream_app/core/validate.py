@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from stream_app.errors import InvalidClick
-from stream_app.records import Click
+from stream_app.core.records import Click
 
 MAX_ID_CHARS = 256
 

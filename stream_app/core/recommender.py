@@ -16,9 +16,9 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from stream_app.ranking import ExactRanker, Ranker, TopK
-from stream_app.records import Click, Recommendation, Source
-from stream_app.state import StateDecodeError, UserState, decode, encode
+from stream_app.core.ranking import ExactRanker, Ranker, TopK
+from stream_app.core.records import Click, Recommendation, Source
+from stream_app.core.state import StateDecodeError, UserState, decode, encode
 
 ONLINE_K = 20  # online quality is Recall@20 / MRR@20 of the served lists
 
@@ -82,7 +82,6 @@ class Outcome:
     reset_reason: str | None
     unknown_item: bool
     replayed: bool
-    new_user: bool
     online_rank: int | None
 
 
@@ -161,7 +160,7 @@ class Recommender:
         ranker: Ranker | None = None,
     ) -> None:
         self.model = model
-        # exact top-k by batched products unless an ANN index is handed in (stream_app/ranking.py)
+        # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
         self.ranker: Ranker = ranker if ranker is not None else ExactRanker(model.out_emb, model.out_bias)
         self.item_ids = list(item_ids)
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
@@ -185,18 +184,18 @@ class Recommender:
                 waves.append([])
             waves[n].append(i)
 
-        current: dict[str, tuple[UserState | None, str | None, bool]] = {}
+        current: dict[str, tuple[UserState | None, str | None]] = {}
         for inc in batch:
             if inc.click.user_id not in current:
                 prior, reason = load_prior(inc.state_blob, self.model_version)
-                current[inc.click.user_id] = (prior, reason, inc.state_blob is None)
+                current[inc.click.user_id] = (prior, reason)
 
         outcomes: list[Outcome | None] = [None] * len(batch)
         for wave in waves:
             plans = []
             for i in wave:
                 inc = batch[i]
-                prior, load_reason, new_user = current[inc.click.user_id]
+                prior, load_reason = current[inc.click.user_id]
                 item = self.item_index.get(inc.click.item_id)
                 plan = plan_click(prior, inc.click, inc.source, item, self.policy)
                 if load_reason is not None and plan.reset_reason is None:
@@ -206,7 +205,6 @@ class Recommender:
             top_scores, top_items = top.values, top.indices
             for row, i in enumerate(wave):
                 inc, plan = batch[i], plans[row]
-                prior, load_reason, new_user = current[inc.click.user_id]
                 items = top_items[row]
                 strategy = "popularity" if plan.action is Action.POPULAR else "model"
                 rec = Recommendation(
@@ -226,18 +224,16 @@ class Recommender:
                     state = next_state(plan, inc.click, inc.source, hidden[row], items,
                                        self.model_version, self.policy, now)
                     blob = encode(state)
-                    current[inc.click.user_id] = (state, None, False)
+                    current[inc.click.user_id] = (state, None)
                 outcomes[i] = Outcome(
                     state_blob=blob,
                     recommendation=rec,
                     reset_reason=plan.reset_reason,
                     unknown_item=plan.item is None and not plan.replayed,
                     replayed=plan.replayed,
-                    new_user=new_user and not plan.replayed,
                     online_rank=plan.online_rank,
                 )
-                new_user = False
-                current[inc.click.user_id] = (current[inc.click.user_id][0], None, False)
+                current[inc.click.user_id] = (current[inc.click.user_id][0], None)
         return [o for o in outcomes if o is not None]
 
     def _run(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], TopK]:

@@ -1,4 +1,7 @@
-"""`streamrec chaos`: each fault injected under steady traffic on the embedded broker, then checked for losses.
+"""`streamrec chaos`: each fault injected under steady traffic, then checked for losses.
+
+Each fault run starts its own local broker (``--broker embedded|kafka``) unless
+``STREAMREC_KAFKA__BOOTSTRAP_SERVERS`` names a cluster.
 
 Faults: the worker SIGKILLed three times, one of two workers SIGKILLed (its
 partitions move, standby replicas on), the data dir deleted between restarts,
@@ -14,12 +17,14 @@ import argparse
 import shutil
 import sys
 import time
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from stream_app.brokers import KINDS
+from stream_app.lab.cluster_faults import CLUSTER_FAULTS, CLUSTER_NODES, CLUSTER_PROCEDURES
+from stream_app.lab.fault_env import FaultEnv, ListsMonitor, clicks_consumed, under_traffic, wait_both_ready
 from stream_app.settings import Settings
 
 FAULTS = ("sigkill x3", "rebalance: 1 of 2 killed", "data dir deleted", "broker frozen", "sigterm mid-batch")
@@ -65,61 +70,6 @@ class FaultResult:
                 "ok": self.ok, "detail": self.detail}
 
 
-class FaultEnv:
-    """One broker, fresh topics and group, workers with their own ports and data dirs; kills everything on exit.
-
-    The broker is a fresh embedded one unless ``STREAMREC_KAFKA__BOOTSTRAP_SERVERS``
-    names a cluster (then ``broker`` is None and the topics are created there, with
-    unique names): the soak and the worker faults run against a real Kafka cluster
-    too, only the broker freeze needs the embedded broker's process.
-    """
-
-    def __init__(self, model_path: Path, root: Path, standby: int = 0, loglevel: str = "INFO") -> None:
-        from stream_app.broker import EmbeddedBroker
-
-        self.root = root
-        for stale in root.glob("data-*"):  # RocksDB offsets of another run's topics would not match
-            shutil.rmtree(stale, ignore_errors=True)
-        for old_log in root.glob("worker-*.log"):
-            old_log.unlink()
-        configured = Settings()
-        self.broker = EmbeddedBroker().start() if configured.kafka.needs_embedded else None
-        tag = uuid.uuid4().hex[:8]
-        base = configured.with_embedded_broker(self.broker.bootstrap_servers) if self.broker else configured
-        self.settings = base.model_copy(update={
-            "topics": base.topics.model_copy(update={
-                "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}",
-                "partitions": 4}),
-            "model": base.model.model_copy(update={"path": model_path}),
-            "worker": base.worker.model_copy(update={
-                "app_id": f"chaos-{tag}", "data_dir": root / "data", "standby_replicas": standby,
-                "loglevel": loglevel, "web_port": 0}),
-        })
-        self.workers: list[Any] = []
-        from stream_app.topics import ensure_topics
-
-        ensure_topics(self.settings)
-
-    def data_dir(self, name: str) -> Path:
-        return self.root / f"data-{name}"
-
-    def worker(self, name: str) -> Any:
-        """Start worker ``name`` (its data dir and log are named after it); not waited for."""
-        from stream_app.harness import WorkerProcess
-
-        s = self.settings
-        s = s.model_copy(update={"worker": s.worker.model_copy(update={"data_dir": self.data_dir(name)})})
-        w = WorkerProcess(s, log_path=self.root / f"worker-{name}.log").start()
-        self.workers.append(w)
-        return w
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop(timeout_s=30)
-        if self.broker is not None:
-            self.broker.stop()
-
-
 # -- the faults: each starts its workers, runs the traffic, injects, returns fault-end times ------------------
 
 
@@ -141,10 +91,10 @@ def _rebalance(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) 
     a, b = env.worker("a"), env.worker("b")
     a.wait_ready()
     b.wait_ready()
-    _wait_both_ready(a, b)
+    wait_both_ready(a, b)
     traffic.start()
     time.sleep(p.gap_s)
-    detail["b_clicks_before_kill"] = _clicks_consumed(b)
+    detail["b_clicks_before_kill"] = clicks_consumed(b)
     end = time.time()
     b.kill()
     time.sleep(p.gap_s)
@@ -152,17 +102,8 @@ def _rebalance(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) 
     return [end]
 
 
-def _under_traffic(env: FaultEnv, traffic: Any, p: Profile) -> Any:
-    """Worker "a" ready, steady traffic flowing for a while: the state every fault starts from."""
-    w = env.worker("a")
-    w.wait_ready()
-    traffic.start()
-    time.sleep(p.gap_s)
-    return w
-
-
 def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
-    w = _under_traffic(env, traffic, p)
+    w = under_traffic(env, traffic, p.gap_s)
     end = time.time()
     w.kill()
     shutil.rmtree(env.data_dir("a"), ignore_errors=True)
@@ -173,8 +114,8 @@ def _data_dir_deleted(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str,
 
 def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
     if env.broker is None:
-        raise RuntimeError("the broker freeze needs the embedded broker (it SIGSTOPs its process)")
-    w = _under_traffic(env, traffic, p)
+        raise RuntimeError("the broker freeze needs a local broker (it SIGSTOPs its process)")
+    w = under_traffic(env, traffic, p.gap_s)
     env.broker.freeze()
     try:
         time.sleep(p.freeze_s)
@@ -187,7 +128,7 @@ def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, An
 
 
 def _sigterm_mid_batch(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, Any]) -> list[float]:
-    w = _under_traffic(env, traffic, p)
+    w = under_traffic(env, traffic, p.gap_s)
     traffic.burst(p.burst)  # the worker is now busy with a backlog of full batches
     time.sleep(0.05)
     end = time.time()
@@ -209,98 +150,25 @@ PROCEDURES: dict[str, tuple[Callable[..., list[float]], int]] = {
 }
 
 
-def _wait_both_ready(*workers: Any, timeout_s: float = 60.0) -> None:
-    """Until every worker answers /readyz 200 at once (the second join rebalances the first)."""
-    from stream_app.harness import http_get
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if all(http_get(w.base_url + "/readyz")[0] == 200 for w in workers):
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("workers never ready together")
-
-
-def _clicks_consumed(worker: Any) -> int:
-    """Clicks a worker has read so far (0 if it does not answer): proves it owned partitions."""
-    from stream_app.harness import parse_metrics
-
-    try:
-        return int(parse_metrics(worker.metrics()).get("streamrec_clicks_consumed_total", 0))
-    except OSError:
-        return 0
-
-
-class ListsMonitor:
-    """Reads the recommendations topic from a thread for the whole run, so recovery is seen as it happens."""
-
-    def __init__(self, settings: Settings) -> None:
-        import threading
-
-        from stream_app.harness import TopicReader
-
-        self.reader = TopicReader(settings, settings.topics.recommendations)
-        self.recs: list[Any] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="lists-monitor")
-        self._thread.start()
-
-    def _run(self) -> None:
-        from stream_app.records import Recommendation
-
-        while not self._stop.is_set():
-            batch = [Recommendation.from_json(r.value) for r in self.reader.poll(0.2)]
-            with self._lock:
-                self.recs.extend(batch)
-
-    def snapshot(self) -> list[Any]:
-        with self._lock:
-            return list(self.recs)
-
-    def wait_recovered(self, end: float, partitions: int, timeout_s: float) -> bool:
-        """Until every partition has published a list produced after ``end``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len({r.source.partition for r in self.snapshot() if r.produced_ts >= end}) >= partitions:
-                return True
-            time.sleep(0.2)
-        return False
-
-    def wait_covered(self, positions: set[tuple[int, int]], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if positions <= {(r.source.partition, r.source.offset) for r in self.snapshot()}:
-                break
-            time.sleep(0.3)
-        time.sleep(1.0)  # a moment for late duplicates
-
-    def close(self) -> list[Any]:
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join(10)
-            self.reader.close()
-        return self.recs
-
-
 # -- running one fault and checking it --------------------------------------------------------------------------
 
 
 def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_clicks: int = 0,
-              drain_timeout_s: float = 90.0, log: Callable[[str], None] = lambda s: None) -> FaultResult:
+              drain_timeout_s: float = 90.0, log: Callable[[str], None] = lambda s: None,
+              broker_kind: str | None = None) -> FaultResult:
     """Inject one fault under steady traffic; count lost and duplicated lists and state mismatches."""
-    from stream_app.traffic import Traffic, clicks_stream
+    from stream_app.lab.traffic import Traffic, clicks_stream
 
-    procedure, standby = PROCEDURES[name]
+    procedure, standby = {**PROCEDURES, **CLUSTER_PROCEDURES}[name]
     root.mkdir(parents=True, exist_ok=True)
-    env = FaultEnv(model_path, root, standby=standby)
+    nodes = CLUSTER_NODES if name in CLUSTER_FAULTS else 1
+    env = FaultEnv(model_path, root, standby=standby, broker_kind=broker_kind, nodes=nodes)
     detail: dict[str, Any] = {}
     monitor: ListsMonitor | None = None
+    traffic: Any = None
+    stopped = False
     try:
-        from stream_app.worker import load_recommender
+        from stream_app.worker.start import load_recommender
 
         recommender, _ = load_recommender(env.settings)
         items = recommender.item_ids[:50]
@@ -317,6 +185,7 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
         while traffic.count < wanted:
             time.sleep(0.2)
         sent = traffic.stop()
+        stopped = True
         log(f"{name}: {len(sent)} messages sent in {time.monotonic() - started:.0f}s, draining")
         result = _check(name, env, sent, ends, recommender, detail, monitor, drain_timeout_s)
         if not result.ok:
@@ -326,6 +195,8 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
         detail["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return FaultResult(name, 0, -1, 0, -1, -1.0, detail)
     finally:
+        if traffic is not None and not stopped:
+            traffic.abort()
         if monitor is not None:
             monitor.close()
         env.close()
@@ -335,9 +206,9 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
 
 def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recommender: Any,
            detail: dict[str, Any], monitor: ListsMonitor, drain_timeout_s: float) -> FaultResult:
-    from stream_app.harness import TopicReader
-    from stream_app.records import DEAD_LETTER_SOURCE_HEADER
-    from stream_app.verify import delivery, final_states, reference_states, state_mismatches
+    from stream_app.lab.harness import TopicReader
+    from stream_app.core.records import DEAD_LETTER_SOURCE_HEADER
+    from stream_app.lab.verify import delivery, final_states, reference_states, state_mismatches
 
     s = env.settings
     valid = [m for m in sent if m.valid and m.position is not None]
@@ -398,33 +269,37 @@ def recovery_seconds(recs: list[Any], sent: list[Any], ends: list[float], partit
 
 
 def format_table(results: list[FaultResult]) -> str:
-    head = f"{'fault':<26} {'clicks':>7} {'lost':>5} {'duplicated':>10} {'state_mismatches':>16} {'recovery_s':>10}"
+    head = f"{'fault':<28} {'clicks':>7} {'lost':>5} {'duplicated':>10} {'state_mismatches':>16} {'recovery_s':>10}"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.fault:<26} {r.clicks:>7} {r.lost:>5} {r.duplicated:>10} {r.state_mismatches:>16} "
+        lines.append(f"{r.fault:<28} {r.clicks:>7} {r.lost:>5} {r.duplicated:>10} {r.state_mismatches:>16} "
                      f"{r.recovery_s:>10.1f}" + ("" if r.ok else "   FAILED " + str(r.detail.get("error", ""))))
     return "\n".join(lines)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from stream_app.traffic import json_line, small_checkpoint
+    from stream_app.lab.traffic import json_line, small_checkpoint
 
     if args.soak:
-        from stream_app.soak import cmd_soak
+        from stream_app.lab.soak import cmd_soak
 
         return cmd_soak(args)
     profile = QUICK if args.quick else FULL
     work = Path(args.work_dir)
     model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
-    faults = [f for f in FAULTS if not args.only or any(o in f for o in args.only)]
+    configured = Settings()
+    local_kafka = configured.kafka.needs_embedded and (args.broker or configured.broker.kind) == "kafka"
+    every = FAULTS + (CLUSTER_FAULTS if local_kafka else ())
+    faults = [f for f in every if not args.only or any(o in f for o in args.only)]
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
-    if not Settings().kafka.needs_embedded and FAULTS[3] in faults:
+    if not configured.kafka.needs_embedded and FAULTS[3] in faults:
         faults.remove(FAULTS[3])
-        say(f"{FAULTS[3]}: skipped, it needs the embedded broker (a cluster is configured)")
+        say(f"{FAULTS[3]}: skipped, it needs a local broker's process (a cluster is configured)")
     started = time.monotonic()
     results = []
     for i, name in enumerate(faults):
-        r = run_fault(name, profile, model, work / f"run-{i}", min_clicks=args.clicks, log=say)
+        r = run_fault(name, profile, model, work / f"run-{i}", min_clicks=args.clicks, log=say,
+                      broker_kind=args.broker)
         say(f"{name}: clicks {r.clicks}, lost {r.lost}, duplicated {r.duplicated}, "
             f"state mismatches {r.state_mismatches}, recovery {r.recovery_s:.1f}s {r.detail}")
         results.append(r)
@@ -441,9 +316,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("chaos", help="inject faults under steady traffic on the embedded broker; "
+    p = subparsers.add_parser("chaos", help="inject faults under steady traffic on a local broker or a cluster; "
                               "count lost lists and state mismatches")
     p.add_argument("--quick", action="store_true", help="every fault at a small size (a few minutes)")
+    p.add_argument("--broker", choices=KINDS, default=None,
+                   help="the local broker each run starts (default STREAMREC_BROKER__KIND, embedded); "
+                        "ignored when STREAMREC_KAFKA__BOOTSTRAP_SERVERS names a cluster")
     p.add_argument("--json", action="store_true", help="the last line is one JSON object {\"rows\": [...]}")
     p.add_argument("--clicks", type=int, default=0, help="at least N messages of traffic per fault")
     p.add_argument("--only", action="append", default=[], help="run only faults whose name contains this")

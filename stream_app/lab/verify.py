@@ -16,13 +16,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from stream_app.harness import TopicReader
-from stream_app.recommender import Incoming
-from stream_app.records import Click, Recommendation, Source
-from stream_app.replay import producer
+from stream_app.lab.harness import TopicReader
+from stream_app.core.recommender import Incoming
+from stream_app.core.records import Click, Recommendation, Source
+from stream_app.lab.replay import producer
 from stream_app.settings import Settings
-from stream_app.state import UserState, decode
-from stream_app.topics import changelog_topic
+from stream_app.core.state import UserState, decode
+from stream_app.worker.topics import changelog_topic
 
 Message = tuple[bytes | None, bytes]
 Position = tuple[int, int]  # (partition, offset) of a click on the clicks topic
@@ -96,7 +96,7 @@ def reference_states(settings: Settings, messages: Sequence[Message], positions:
     should be passed.
     """
     if recommender is None:
-        from stream_app.worker import load_recommender
+        from stream_app.worker.start import load_recommender
 
         recommender, _ = load_recommender(settings)
     store: dict[str, bytes] = {}

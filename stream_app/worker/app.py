@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 from stream_app.settings import Settings
-from stream_app.topics import changelog_topic
+from stream_app.worker.topics import changelog_topic
 
 
 @dataclass
@@ -32,7 +32,7 @@ class DeliveryTrackedTable(faust.Table):
     the state written for it is still in the buffer, and a SIGKILL then loses it
     (the faust-streaming #606 class of bug). The shell takes these futures with
     each batch and acks the batch's clicks only once they are delivered
-    (``stream_app.batching.DeliveryAcks``).
+    (``stream_app.worker.batching.DeliveryAcks``).
     """
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
@@ -85,7 +85,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         autodiscover=False,
         web_in_thread=False,
     )
-    if k.embedded:
+    if not k.embedded:
+        config.update(broker_session_timeout=k.session_timeout_s, broker_heartbeat_interval=k.heartbeat_interval_s)
+    else:
         # Tansu: group joins wait half the session timeout. Its ListOffsets(latest)
         # under-reports multi-record batches: build() installs a transport that
         # reads changelog ends from Fetch high watermarks, so producers may batch
@@ -116,9 +118,9 @@ def build(settings: Settings) -> Wiring:
     """The app with raw-bytes topics (the worker validates input itself) and the state table."""
     app = faust.App(settings.worker.app_id, **faust_config(settings))
     k = settings.kafka
-    from stream_app.transport import install
+    from stream_app.worker.transport import install
 
-    # before any topic (stream_app/transport.py): partitions without a commit are
+    # before any topic (stream_app/worker/transport.py): partitions without a commit are
     # rewound after a rebalance too; the Fetch options only on the embedded broker
     install(app, k.embedded_fetch_max_wait_ms if k.embedded else 0, k.embedded and k.embedded_fetch_highwaters)
     t = settings.topics

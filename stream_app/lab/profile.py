@@ -18,15 +18,15 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                                "epoll", "poll (selectors.py")),
     ("scoring: exact product and top-k / ANN search", ("ranking.py",)),
     ("recurrent step (GRU) and state encode/decode", ("models/", "state.py", "advance (")),
-    ("lists: building and JSON encoding", ("stream_app/records.py", "json/encoder.py")),
+    ("lists: building and JSON encoding", ("stream_app/core/records.py", "json/encoder.py")),
     ("producing: aiokafka sender, Faust producer buffer", ("aiokafka/producer", "faust/transport/producer",
                                                           "ProducerBuffer", "send_soon")),
     ("table and RocksDB: changelog write, get/put", ("rocksdict", "faust/stores", "faust/tables")),
     ("consuming: aiokafka fetcher, Faust consumer", ("aiokafka/consumer", "faust/transport/consumer",
                                                     "faust/transport/drivers/aiokafka")),
     ("Faust stream machinery: drainer, acks, conductor", ("faust/streams", "faust/channels", "faust/transport/conductor",
-                                                         "faust/agents", "stream_app/batching.py")),
-    ("worker core: waves, replay guard, outcomes (recommender.py)", ("stream_app/recommender.py",)),
+                                                         "faust/agents", "stream_app/worker/batching.py")),
+    ("worker core: waves, replay guard, outcomes (recommender.py)", ("stream_app/core/recommender.py",)),
     ("worker shell: batching, validation, metrics", ("stream_app/", "prometheus_client")),
 )
 LOOP = "event loop itself (asyncio)"

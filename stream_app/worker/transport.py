@@ -22,7 +22,7 @@
      partition on each Fetch, and when that takes longer than ``max_wait`` it
      answers with the right high watermark and **no records**. With a fixed
      10 ms wait a worker stopped reading for good once a partition held about
-     12,000 batches (the stop 9 soak stall); now a Fetch that comes back empty
+     12,000 batches (the soak stall in docs/reliability.md); now a Fetch that comes back empty
      although records were there doubles the wait for Fetches with records
      waiting, and a long run of good ones halves it again. A Fetch of
      caught-up partitions keeps the short wait, so latency stays low;

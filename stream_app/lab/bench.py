@@ -3,8 +3,8 @@
 On one embedded broker, for two catalogues (the diginetica test sessions with a
 43k-item model trained on diginetica, and a synthetic 1M-item catalogue with a
 random-weight network, served through the ANN index), one after the other:
-(a) ceiling: ``stream_app.ceiling``, a bare aiokafka consume -> produce loop;
-(b) the worker as shipped (``WorkerProcess``); (c) ``stream_app.naive``, one
+(a) ceiling: ``stream_app.lab.ceiling``, a bare aiokafka consume -> produce loop;
+(b) the worker as shipped (``WorkerProcess``); (c) ``stream_app.lab.naive``, one
 click at a time. Each gets a fresh topic set. Per system: events/s at
 saturation (clicks produced as fast as the producer can, the system already
 running), click-to-publish latency (output record time minus click record
@@ -28,23 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_app.benchkit import (  # noqa: F401 - default_data_dir is part of this module's interface
-    WARMUP_MS,
-    Child,
-    Result,
-    _read_all,
+from stream_app.brokers import KINDS
+from stream_app.lab.bench_data import (
     ann_recall,
-    cpu_seconds,
     default_data_dir,
     diginetica_clicks,
     ensure_diginetica_model,
     ensure_synthetic_model,
+    synthetic_clicks,
+)
+from stream_app.lab.benchkit import (
+    WARMUP_MS,
+    Child,
+    Result,
+    _read_all,
+    cpu_seconds,
     fresh_settings,
     latencies_ms,
     percentiles,
     run_system,
     send,
-    synthetic_clicks,
     wait_for,
 )
 
@@ -118,7 +121,7 @@ def print_table(name: str, runs: dict[str, Result]) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from stream_app.broker import EmbeddedBroker
+    from stream_app.brokers import local_broker
     from stream_app.settings import Settings
 
     prof = TINY if args.tiny else QUICK if args.quick else FULL
@@ -147,15 +150,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
               flush=True)
 
     results: dict[str, dict[str, Result]] = {}
-    with EmbeddedBroker() as broker:
-        base = Settings().with_embedded_broker(broker.bootstrap_servers)
+    with local_broker(Settings(), args.broker) as (broker, base):
+        broker_pid = broker.pid if broker is not None else None
+        summary["broker"] = (args.broker or base.broker.kind) if broker is not None else "configured"
+        print(f"[bench] broker: {summary['broker']} at {base.kafka.bootstrap_servers}", flush=True)
         results["diginetica"] = catalogue_runs(
-            "diginetica (43k items, exact top-k)", base, digi_model, work, broker.pid, digi_msgs,
+            "diginetica (43k items, exact top-k)", base, digi_model, work, broker_pid, digi_msgs,
             digi_msgs[: prof.naive_clicks], prof, None, soak_s)
         if synth_model is not None:
             ann = {"model": {"index": "ann", "ann_cache_dir": str(work / "ann")}}
             results["synthetic"] = catalogue_runs(
-                f"synthetic ({args.synthetic_items:,} items, ANN top-k)", base, synth_model, work, broker.pid,
+                f"synthetic ({args.synthetic_items:,} items, ANN top-k)", base, synth_model, work, broker_pid,
                 synth_msgs[: prof.synth_clicks], synth_msgs[: prof.synth_naive_clicks], prof, ann, 0.0)
 
     print_table("diginetica test sessions, 43,097-item model, exact top-k", results["diginetica"])
@@ -208,17 +213,16 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
     """(b) alone on diginetica clicks, at full speed or ``--rate``; optional py-spy profile of the worker."""
     import urllib.request
 
-    from stream_app.broker import EmbeddedBroker
+    from stream_app.brokers import local_broker
     from stream_app.settings import Settings
-    from stream_app.topics import ensure_topics
+    from stream_app.worker.topics import ensure_topics
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = Path(args.data) if args.data else default_data_dir()
     model = ensure_diginetica_model(data, work, args.model)
     msgs = diginetica_clicks(data, args.worker_only)
-    with EmbeddedBroker() as broker:
-        base = Settings().with_embedded_broker(broker.bootstrap_servers)
+    with local_broker(Settings(), args.broker) as (_broker, base):
         s = fresh_settings(base, model, work, parse_overrides(args.set))
         ensure_topics(s)
         child = Child("worker", s, work)
@@ -233,7 +237,7 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
                                         "-o", str(stacks), "--pid", str(child.pid)])
             cpu0 = cpu_seconds(child.pid)
             n = send(s, s.topics.clicks, msgs, rate=args.rate)
-            got = wait_for(broker.bootstrap_servers, s.topics.recommendations, n, 600, child.alive)
+            got = wait_for(s.kafka.bootstrap_servers, s.topics.recommendations, n, 600, child.alive)
             cpu = cpu_seconds(child.pid) - cpu0
             metrics = urllib.request.urlopen(child.worker.base_url + "/metrics").read().decode()
             batches = [ln for ln in metrics.splitlines() if ln.startswith("streamrec_batch_size_")
@@ -242,13 +246,13 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
                 spy.wait()
         finally:
             child.stop()
-        lat, first_in, last_out = latencies_ms(asyncio.run(_read_all(broker.bootstrap_servers,
+        lat, first_in, last_out = latencies_ms(asyncio.run(_read_all(s.kafka.bootstrap_servers,
                                                                      s.topics.recommendations)))
     out = {"events": got, "events_per_s": round(got / max(1e-3, (last_out - first_in) / 1000.0), 1),
            "cpu_s_per_1k": round(cpu / max(1, got) * 1000, 3), "rate": args.rate, **percentiles(lat),
            "batch_metrics": batches, "overrides": args.set}
     if args.profile_s and stacks.exists():
-        from stream_app.profile import format_summary, summarize
+        from stream_app.lab.profile import format_summary, summarize
 
         rows = summarize(stacks.read_text("utf-8", "replace").splitlines())
         print(f"py-spy, {sum(c for _, c, _ in rows)} samples of the worker ({stacks}):", flush=True)
@@ -265,6 +269,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="end with one JSON line of figures")
     p.add_argument("--model", default=None, help="diginetica checkpoint (default: train a small one once, cached)")
     p.add_argument("--data", default=None, help="diginetica folder with train_full.tsv and test.tsv")
+    p.add_argument("--broker", choices=KINDS, default=None,
+                   help="the local broker to run on (default STREAMREC_BROKER__KIND, embedded); "
+                        "ignored when STREAMREC_KAFKA__BOOTSTRAP_SERVERS names a cluster")
     p.add_argument("--work-dir", default="var/bench", help="cached models and indexes, logs, worker data")
     p.add_argument("--soak-s", type=float, default=None, help="seconds of (b) at half rate with RSS sampled "
                    "(default: 300 in the full run, 0 with --quick)")

@@ -4,7 +4,7 @@ Same topics, table, state codec, output records and settings as the worker,
 without its engineering: per click, validate, read the table, one unbatched
 ``model.step`` with full scoring of every item, mask the recent items, top k,
 write the table, send the list. Run as a child process:
-``python -m stream_app.naive`` (settings from the STREAMREC_ variables).
+``python -m stream_app.lab.naive`` (settings from the STREAMREC_ variables).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from stream_app.recommender import load_prior
-from stream_app.records import Recommendation, Source
+from stream_app.core.recommender import load_prior
+from stream_app.core.records import Recommendation, Source
 from stream_app.settings import Settings
-from stream_app.state import UserState, encode
-from stream_app.validate import decode_click
+from stream_app.core.state import UserState, encode
+from stream_app.core.validate import decode_click
 
 
 def attach_naive(wiring: Any, settings: Settings) -> None:
-    """The one-event-at-a-time agent and a /readyz page, on an app from ``stream_app.app.build``."""
+    """The one-event-at-a-time agent and a /readyz page, on an app from ``stream_app.worker.app.build``."""
     from models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(settings.model.path)
@@ -87,8 +87,8 @@ def attach_naive(wiring: Any, settings: Settings) -> None:
 def main() -> int:
     from faust import Worker
 
-    from stream_app.app import build
-    from stream_app.topics import ensure_topics
+    from stream_app.worker.app import build
+    from stream_app.worker.topics import ensure_topics
 
     settings = Settings()
     torch.set_num_threads(settings.worker.torch_threads)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from stream_app.records import Click
+from stream_app.core.records import Click
 from stream_app.settings import Settings
-from stream_app.topics import client_kwargs
+from stream_app.worker.topics import client_kwargs
 
 
 @dataclass(frozen=True, slots=True)

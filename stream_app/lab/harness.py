@@ -16,10 +16,10 @@ from threading import Thread
 from types import TracebackType
 from typing import Any
 
-from stream_app.broker import dies_with_parent, free_port
-from stream_app.records import DEAD_LETTER_REASON_HEADER, Recommendation
+from stream_app.brokers.process import dies_with_parent, free_port
+from stream_app.core.records import DEAD_LETTER_REASON_HEADER, Recommendation
 from stream_app.settings import Settings
-from stream_app.topics import client_kwargs
+from stream_app.worker.topics import client_kwargs
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

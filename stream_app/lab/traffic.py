@@ -16,9 +16,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from stream_app.replay import producer
+from stream_app.lab.replay import producer
 from stream_app.settings import Settings
-from stream_app.verify import Position, click
+from stream_app.lab.verify import Position, click
 
 # Messages the worker must dead-letter, mixed into the traffic (key = a real user).
 BAD_INPUT: tuple[bytes, ...] = (
@@ -124,6 +124,13 @@ class Traffic:
     @property
     def count(self) -> int:
         return len(self.sent)
+
+    def abort(self) -> None:
+        """Stop without waiting for deliveries (a fault run that failed); closes the producer."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self._producer.close(timeout=1)
 
     def stop(self) -> list[Sent]:
         """Stop, flush, and resolve every message's (partition, offset)."""

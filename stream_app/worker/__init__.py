@@ -1,0 +1,1 @@
+"""The Faust shell around the core, and its start-up. Never imports ``stream_app.lab``."""

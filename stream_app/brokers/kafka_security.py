@@ -36,15 +36,17 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from pydantic import SecretStr
 
 from stream_app.errors import BrokerError
 from stream_app.settings import Settings
 
-if TYPE_CHECKING:  # pragma: no cover
-    from stream_app.brokers.kafka import KafkaCluster, Node
+# stream_app.brokers.kafka's KafkaCluster and Node: that module imports this one, so no import back
+# (tests/unit/test_import_direction.py forbids circles, TYPE_CHECKING imports included).
+_Cluster = Any
+_Node = Any
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN = "admin"
@@ -156,7 +158,7 @@ class KafkaSecurity:
 
     # -- broker properties -------------------------------------------------------------------------------
 
-    def broker_config(self, node: "Node") -> dict[str, str]:
+    def broker_config(self, node: _Node) -> dict[str, str]:
         """Listener, TLS, SASL and authorizer properties for ``node`` (its ``admin_port`` is INTERNAL)."""
         t = self.tls
         return {
@@ -200,7 +202,7 @@ class KafkaSecurity:
 
     # -- client settings ---------------------------------------------------------------------------------
 
-    def client_settings(self, settings: Settings, cluster: "KafkaCluster", user: str = WORKER,
+    def client_settings(self, settings: Settings, cluster: _Cluster, user: str = WORKER,
                         password: str | None = None) -> Settings:
         """``settings`` pointing at the CLIENT listener as ``user`` (``password`` overrides the real one)."""
         kafka = settings.kafka.model_copy(update={
@@ -211,7 +213,7 @@ class KafkaSecurity:
         })
         return settings.model_copy(update={"kafka": kafka})
 
-    def admin_settings(self, settings: Settings, cluster: "KafkaCluster") -> Settings:
+    def admin_settings(self, settings: Settings, cluster: _Cluster) -> Settings:
         """``settings`` for the super user on the INTERNAL listener (topic set-up, ACLs, reading back)."""
         s = self.client_settings(settings, cluster, ADMIN)
         kafka = s.kafka.model_copy(update={"bootstrap_servers": cluster.admin_bootstrap_servers})
@@ -256,7 +258,7 @@ def worker_acls(settings: Settings, principal: str = f"User:{WORKER}", leave_out
     ]
 
 
-def create_acls(cluster: "KafkaCluster", acls: list[Any]) -> None:
+def create_acls(cluster: _Cluster, acls: list[Any]) -> None:
     """Create ``acls`` as the super user (INTERNAL listener); BrokerError naming the first refusal."""
     from kafka import KafkaAdminClient
 
@@ -272,7 +274,7 @@ def create_acls(cluster: "KafkaCluster", acls: list[Any]) -> None:
         raise BrokerError(f"creating {len(result['failed'])} of {len(acls)} ACLs failed: {result['failed'][0]!r}")
 
 
-def delete_acls(cluster: "KafkaCluster", acls: list[Any]) -> int:
+def delete_acls(cluster: _Cluster, acls: list[Any]) -> int:
     """Delete exactly ``acls`` (revoking them while a worker runs); returns how many the brokers removed."""
     from kafka import KafkaAdminClient
     from kafka.admin import ACLFilter, ResourcePatternFilter

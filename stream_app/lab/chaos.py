@@ -42,10 +42,30 @@ class Profile:
     tail_s: float  # seconds of traffic after the fault
     freeze_s: float
     burst: int  # clicks sent at once just before the SIGTERM
+    items: int = 50  # clicks are on the model's first N items
 
 
 QUICK = Profile("quick", rate=50.0, min_clicks=0, users=40, gap_s=2.0, tail_s=2.0, freeze_s=5.0, burst=300)
 FULL = Profile("full", rate=120.0, min_clicks=0, users=200, gap_s=8.0, tail_s=10.0, freeze_s=10.0, burst=1000)
+
+
+def real_load(model: Path, root: Path, broker_kind: str | None, log: Callable[[str], None]) -> Profile:
+    """``--load real``: the served model (diginetica) at half the worker's saturated rate, so batches are
+    large and crashes land mid-batch. The rate is measured once, on a fresh broker and worker."""
+    from stream_app.lab.soak import saturated_rate
+    from stream_app.worker.start import load_recommender
+
+    env = FaultEnv(model, root / "saturation", broker_kind=broker_kind)
+    try:
+        recommender, _ = load_recommender(env.settings)
+        worker = env.worker("sat")
+        worker.wait_ready()
+        rate = saturated_rate(env.settings, recommender.item_ids[:5000], 6000, 2000)
+    finally:
+        env.close()
+    log(f"real load: saturated rate {rate:.0f} clicks/s, faults at {rate / 2:.0f} clicks/s")
+    return Profile("real", rate=rate / 2.0, min_clicks=0, users=2000, gap_s=8.0, tail_s=10.0, freeze_s=10.0,
+                   burst=int(rate * 2), items=5000)
 
 
 @dataclass
@@ -171,7 +191,7 @@ def run_fault(name: str, profile: Profile, model_path: Path, root: Path, min_cli
         from stream_app.worker.start import load_recommender
 
         recommender, _ = load_recommender(env.settings)
-        items = recommender.item_ids[:50]
+        items = recommender.item_ids[:profile.items]
         traffic = Traffic(env.settings, clicks_stream(items, profile.users, seed=zlib.crc32(name.encode()) % 1000, bad_every=40),
                           rate=profile.rate)
         monitor = ListsMonitor(env.settings)
@@ -286,12 +306,18 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         return cmd_soak(args)
     profile = QUICK if args.quick else FULL
     work = Path(args.work_dir)
-    model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    if args.load == "real":
+        from stream_app.lab.bench_data import default_data_dir, ensure_diginetica_model
+
+        model = ensure_diginetica_model(Path(args.data) if args.data else default_data_dir(), work, args.model)
+        profile = real_load(model, work, args.broker, say)
+    else:
+        model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
     configured = Settings()
     local_kafka = configured.kafka.needs_embedded and (args.broker or configured.broker.kind) == "kafka"
     every = FAULTS + (CLUSTER_FAULTS if local_kafka else ())
     faults = [f for f in every if not args.only or any(o in f for o in args.only)]
-    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     if not configured.kafka.needs_embedded and FAULTS[3] in faults:
         faults.remove(FAULTS[3])
         say(f"{FAULTS[3]}: skipped, it needs a local broker's process (a cluster is configured)")
@@ -308,8 +334,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     print(table, file=sys.stderr if args.json else sys.stdout, flush=True)
     ok = all(r.ok for r in results)
     if args.json:
-        print(json_line({"rows": [r.row() for r in results], "profile": profile.name, "rate": profile.rate,
-                         "elapsed_s": round(elapsed, 1), "ok": ok}), flush=True)
+        broker = (args.broker or configured.broker.kind) if configured.kafka.needs_embedded else "configured"
+        print(json_line({"rows": [r.row() for r in results], "profile": profile.name, "rate": round(profile.rate, 1),
+                         "broker": broker, "elapsed_s": round(elapsed, 1), "ok": ok}), flush=True)
     else:
         print(f"{'all faults passed' if ok else 'FAILURES'} ({profile.name}, {elapsed:.0f}s)", flush=True)
     return 0 if ok else 1
@@ -324,6 +351,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "ignored when STREAMREC_KAFKA__BOOTSTRAP_SERVERS names a cluster")
     p.add_argument("--json", action="store_true", help="the last line is one JSON object {\"rows\": [...]}")
     p.add_argument("--clicks", type=int, default=0, help="at least N messages of traffic per fault")
+    p.add_argument("--load", choices=("small", "real"), default="small",
+                   help="small: a 50-item, 16-unit model at 120 clicks/s (50 with --quick); real: the diginetica "
+                        "model (trained once and cached, or --model) at half the worker's saturated rate")
+    p.add_argument("--data", default=None, help="with --load real: the diginetica folder (default: under "
+                   "STREAMREC_LAB__DATA_DIR)")
     p.add_argument("--only", action="append", default=[], help="run only faults whose name contains this")
     p.add_argument("--model", default=None, help="checkpoint to serve (default: a small random GRU)")
     p.add_argument("--work-dir", default="var/chaos", help="model, data dirs and worker logs")

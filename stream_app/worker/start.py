@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import ssl
 import sys
 import threading
 import warnings
@@ -104,7 +106,8 @@ def graceful_worker(app: Any, settings: Settings) -> Any:
 
 def _hard_exit(grace: float, error_line: str | None = None) -> None:
     if error_line:  # the one line the worker would have printed after a clean stop
-        print(f"streamrec worker: error: {error_line}", file=sys.stderr, flush=True)
+        # straight to fd 2: while Faust runs, sys.stderr is redirected into its log with a prefix
+        os.write(2, f"streamrec worker: error: {error_line}\n".encode("utf-8", "replace"))
         os._exit(2)
     print(f"streamrec worker: shutdown took longer than {grace:g}s (STREAMREC_WORKER__SHUTDOWN_GRACE_S); "
           "exiting without a clean stop", file=sys.stderr, flush=True)
@@ -164,7 +167,8 @@ def access_error_line(exc: BaseException | None, settings: Settings) -> str | No
             kind = "authentication"
         if kind is None:
             continue
-        detail = ", ".join(str(a) for a in e.args) or type(e).__name__
+        detail = ", ".join(", ".join(sorted(map(str, a))) if isinstance(a, (set, frozenset, list, tuple)) else str(a)
+                           for a in e.args) or type(e).__name__
         if kind == "authentication":
             return _redact(f"Kafka rejected the credentials of {_who(settings)} at {settings.kafka.bootstrap_servers}: "
                            f"{type(e).__name__}: {detail}; check STREAMREC_KAFKA__SASL_USERNAME and "
@@ -175,9 +179,9 @@ def access_error_line(exc: BaseException | None, settings: Settings) -> str | No
 
 
 class _ClientFailures(logging.Handler):
-    """Collects what kafka-python logs and then retries away: SASL refusals and TLS handshake failures.
+    """Collects what aiokafka and kafka-python log and then retry away: SASL refusals, TLS handshake failures.
 
-    Its admin client gives up with "Unable to bootstrap" and nothing else; the reason is only in its log.
+    Both give up with "Unable to bootstrap" and nothing else; the reason is only in their logs.
     """
 
     def __init__(self) -> None:
@@ -192,8 +196,63 @@ class _ClientFailures(logging.Handler):
                 continue
             if self.auth is None and getattr(type(arg), "errno", None) in _ACCESS_ERRNOS:
                 self.auth = arg
-            elif self.tls is None and "Handshake failed" in str(arg):
+            elif self.tls is None and (isinstance(arg, ssl.SSLError) or "Handshake failed" in str(arg)):
                 self.tls = str(arg)
+
+    def tls_line(self, settings: Settings) -> str | None:
+        if self.tls is None:
+            return None
+        return (f"TLS handshake with Kafka at {settings.kafka.bootstrap_servers} failed ({self.tls}); check "
+                f"STREAMREC_KAFKA__SSL_CAFILE (the CA that signed the brokers' certificates) ({SECURITY_DOC})")
+
+
+def probe_credentials(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Connect once as Faust will (aiokafka, the same SSL context and SASL settings); KafkaAccessError if refused.
+
+    aiokafka reports a refused password or an unknown CA as "Unable to bootstrap" and logs the reason;
+    this turns that into one line, within a second instead of after the admin client's 15 s of retries.
+    Anything else (brokers not reachable yet) is left to the admin client's own retries and message.
+    PLAINTEXT and the embedded broker are not probed.
+    """
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT" or k.embedded or not k.servers:
+        return
+    from aiokafka.client import AIOKafkaClient
+
+    from stream_app.worker.app import _credentials
+
+    credentials = _credentials(settings)
+    seen = _ClientFailures()
+
+    async def connect() -> None:
+        client = AIOKafkaClient(
+            bootstrap_servers=k.servers, security_protocol=k.security_protocol,
+            ssl_context=getattr(credentials, "ssl_context", None) or getattr(credentials, "context", None),
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username or None, sasl_plain_password=k.sasl_password.get_secret_value() or None,
+            request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout_s)
+        finally:
+            await client.close()
+
+    def in_thread() -> None:  # its own event loop, leaving the main thread's to Faust
+        try:
+            asyncio.run(connect())
+        except Exception:  # noqa: BLE001 - the reason, if it is a refusal, is in ``seen``
+            pass
+
+    logger = logging.getLogger("aiokafka")
+    logger.addHandler(seen)
+    try:
+        probe = threading.Thread(target=in_thread, name="streamrec-kafka-probe", daemon=True)
+        probe.start()
+        probe.join(timeout_s + 5)
+    finally:
+        logger.removeHandler(seen)
+    line = access_error_line(seen.auth, settings) if seen.auth is not None else seen.tls_line(settings)
+    if line is not None:
+        raise KafkaAccessError(_redact(line, settings))
 
 
 @contextmanager
@@ -207,10 +266,7 @@ def _explained_access_errors(settings: Settings) -> Iterator[None]:
     except KafkaAccessError:
         raise
     except Exception as exc:
-        line = access_error_line(exc, settings) or access_error_line(seen.auth, settings)
-        if line is None and seen.tls is not None:
-            line = (f"TLS handshake with Kafka at {settings.kafka.bootstrap_servers} failed ({seen.tls}); check "
-                    f"STREAMREC_KAFKA__SSL_CAFILE (the CA that signed the brokers' certificates) ({SECURITY_DOC})")
+        line = access_error_line(exc, settings) or access_error_line(seen.auth, settings) or seen.tls_line(settings)
         if line is None:
             raise
         raise KafkaAccessError(_redact(line, settings)) from None
@@ -269,29 +325,47 @@ def check_access(settings: Settings) -> None:
                                        f"{_what_the_worker_needs(settings)}", settings))
 
 
-def _stop_on_refused_delivery(wiring: Any, shell: Any, settings: Settings) -> None:
+class _Refusal:
+    """A refusal seen while running: its line, and the worker to stop for it (set once it exists)."""
+
+    def __init__(self) -> None:
+        self.line: str | None = None
+        self.worker: Any = None
+
+
+# A stop after a refused write does not need the full grace period: nothing more can be delivered
+# and the clicks after the failure are not acked (they are consumed again after the fix).
+REFUSAL_STOP_S = 10.0
+
+
+def _stop_on_refused_delivery(wiring: Any, shell: Any, settings: Settings) -> _Refusal:
     """A timer: a delivery that Kafka refused (an ACL revoked while running) stops the worker with one line.
 
     ``DeliveryAcks`` stops acking after a failed delivery and ``/healthz`` fails, which is the
-    cure for a broker that lost a write; a refusal is not cured by a restart, so the worker exits
-    instead (``run`` prints the line), without waiting for clicks that will never be acked.
+    cure for a broker that lost a write; a refusal is not cured by a restart, so the worker stops
+    instead and ``run`` raises the line, without waiting for clicks that will never be acked.
     """
     app = wiring.app
-    crashed: list[str] = []
+    refusal = _Refusal()
 
     @app.timer(interval=0.5)
     async def stop_on_refused_delivery() -> None:
         failure = shell.acks.failure if shell.acks is not None else None
         line = access_error_line(failure, settings) if failure is not None else None
-        if line is None or crashed:
+        if line is None or refusal.line is not None or refusal.worker is None:
             return
-        crashed.append(line)
+        refusal.line = line
         with warnings.catch_warnings():  # read at stop time only, so setting it late is fine
             warnings.simplefilter("ignore")
-            app.conf.stream_wait_empty = False  # the unacked clicks are consumed again once the ACL is fixed
-        await app.crash(KafkaAccessError(line))
+            app.conf.stream_wait_empty = False
+        watchdog = threading.Timer(min(settings.worker.shutdown_grace_s, REFUSAL_STOP_S), _hard_exit,
+                                   args=(settings.worker.shutdown_grace_s, line))
+        watchdog.daemon = True
+        watchdog.start()
+        asyncio.ensure_future(refusal.worker.stop())  # as a signal would, without the crash tracebacks
 
     del stop_on_refused_delivery
+    return refusal
 
 
 def run(settings: Settings) -> int:
@@ -304,6 +378,7 @@ def run(settings: Settings) -> int:
 
     torch.set_num_threads(settings.worker.torch_threads)
     recommender, ckpt = load_recommender(settings)
+    probe_credentials(settings)
     with _explained_access_errors(settings):
         ensure_topics(settings)
         check_access(settings)
@@ -318,17 +393,19 @@ def run(settings: Settings) -> int:
     ).set(1)
     wiring = build(settings)
     shell = attach(wiring, recommender, metrics, settings)
-    _stop_on_refused_delivery(wiring, shell, settings)
+    refusal = _stop_on_refused_delivery(wiring, shell, settings)
     print(
         f"streamrec worker: model {ckpt.version} ({len(ckpt.item_ids)} items), "
         f"brokers {settings.kafka.bootstrap_servers}{' (embedded)' if settings.kafka.embedded else ''}, "
         f"http://{settings.worker.web_host}:{settings.worker.web_port}/metrics",
         flush=True,
     )
-    worker = graceful_worker(wiring.app, settings)
+    worker = refusal.worker = graceful_worker(wiring.app, settings)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
+        if refusal.line is not None:
+            raise KafkaAccessError(refusal.line) from None
         crash = getattr(worker, "crash_reason", None)
         refused = access_error_line(crash, settings) if crash is not None else None
         if refused is not None:  # a refusal inside Faust (an ACL revoked, or missed by check_access)

@@ -29,6 +29,7 @@ from stream_app.worker.agents import bearer_ok
 from tests.integration.helpers import click, scenario, send_all
 
 ERROR_PREFIX = "streamrec worker: error:"
+pytestmark = pytest.mark.integration
 
 
 # -- the bearer token, without a broker ---------------------------------------------------------------------
@@ -62,7 +63,8 @@ def _unavailable() -> str | None:
     return unavailable_reason(b.kafka_version, cache_dir(b.kafka_cache_dir)) or no_tls()
 
 
-needs_kafka = pytest.mark.skipif(_unavailable() is not None, reason=f"{_unavailable()} (deploy/install-ci-deps.sh)")
+_WHY_NOT = _unavailable()
+needs_kafka = pytest.mark.skipif(_WHY_NOT is not None, reason=f"{_WHY_NOT} (deploy/install-ci-deps.sh)")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def _prepare(secured: SimpleNamespace, checkpoint: Path, tmp_path: Path, without
     return sec.client_settings(base, cluster, password=password), admin, acls
 
 
-def _error_lines(worker: WorkerProcess, log: Path, wait_s: float = 3.0) -> list[str]:
+def _error_lines(log: Path, wait_s: float = 3.0) -> list[str]:
     """The worker's ``streamrec worker: error:`` lines (waiting a little for the log to be drained)."""
     deadline = time.monotonic() + wait_s
     while True:
@@ -221,7 +223,7 @@ def test_worker_over_sasl_ssl_with_acls(secured: SimpleNamespace, small_checkpoi
     assert sorted(dead_letter_reasons(dlq)) == ["missing_field", "not_json"]
     assert code == 0
     text = log.read_text(errors="replace")
-    assert "streamrec worker: model" in text and not _error_lines(worker, log, wait_s=0)
+    assert "streamrec worker: model" in text and not _error_lines(log, wait_s=0)
     # (d) the password (and the token) never in the log nor in /metrics
     _assert_no_secret(text, password, token)
     _assert_no_secret(metrics, password, token)
@@ -238,8 +240,9 @@ def test_wrong_password_exits_with_one_line(secured: SimpleNamespace, small_chec
     with WorkerProcess(ws, log_path=log) as worker:
         code, waited, ready = _wait_exit(worker, 60)
     assert code not in (None, 0), f"still running after {waited:.0f}s:\n" + "\n".join(worker.tail)
+    assert waited < 30, f"{waited:.0f}s to give up on a wrong password"
     assert not ready, "/readyz answered 200 with a wrong password"
-    lines = _error_lines(worker, log)
+    lines = _error_lines(log)
     assert len(lines) == 1, lines
     assert "rejected the credentials" in lines[0] and "authentication" in lines[0].lower(), lines[0]
     assert "'streamrec'" in lines[0] and "SCRAM-SHA-512" in lines[0]
@@ -257,7 +260,7 @@ def test_wrong_ca_exits_with_one_line(secured: SimpleNamespace, small_checkpoint
     with WorkerProcess(ws, log_path=log) as worker:
         code, waited, ready = _wait_exit(worker, 60)
     assert code not in (None, 0) and not ready, "\n".join(worker.tail)
-    lines = _error_lines(worker, log)
+    lines = _error_lines(log)
     assert len(lines) == 1 and "TLS handshake" in lines[0] and "SSL_CAFILE" in lines[0], lines
 
 
@@ -274,7 +277,7 @@ def test_missing_acl_exits_with_one_line(secured: SimpleNamespace, small_checkpo
         code, waited, ready = _wait_exit(worker, 90)
     assert code not in (None, 0), f"still running after {waited:.0f}s:\n" + "\n".join(worker.tail)
     assert not ready, "/readyz answered 200 without the ACL"
-    lines = _error_lines(worker, log)
+    lines = _error_lines(log)
     assert len(lines) == 1, lines
     op, what = missing.split()
     kind, name = _resource(ws, what)
@@ -284,10 +287,15 @@ def test_missing_acl_exits_with_one_line(secured: SimpleNamespace, small_checkpo
 
 
 @needs_kafka
-def test_write_acl_revoked_while_running(secured: SimpleNamespace, small_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("revoked", ["WRITE recommendations", "READ clicks"])
+def test_acl_revoked_while_running(secured: SimpleNamespace, small_checkpoint: Path, tmp_path: Path,
+                                   revoked: str) -> None:
+    """A refusal after start: Faust's fetcher crashes (READ) or every list fails to deliver (WRITE)."""
     from stream_app.brokers.kafka_security import delete_acls
 
     ws, admin, acls = _prepare(secured, small_checkpoint, tmp_path)
+    op, what = revoked.split()
+    kind, name = _resource(ws, what)
     log = tmp_path / "worker.log"
     with WorkerProcess(ws, log_path=log) as worker:
         worker.wait_ready(120)
@@ -295,15 +303,14 @@ def test_write_acl_revoked_while_running(secured: SimpleNamespace, small_checkpo
         reader = TopicReader(admin, ws.topics.recommendations)
         assert len(reader.read_until(1, 60)) == 1
         reader.close()
-        write = [a for a in acls if a.resource_pattern.resource_name == ws.topics.recommendations
-                 and a.operation.name == "WRITE"]
-        assert delete_acls(secured.cluster, write) == 1
+        drop = [a for a in acls if a.resource_pattern.resource_name == name and a.operation.name == op]
+        assert delete_acls(secured.cluster, drop) == 1
         time.sleep(1.0)  # the brokers apply the ACL change from the metadata log
         send_all(admin, [click("alice", "i2", 101.0), click("bob", "i3", 102.0)])
         code, waited, _ = _wait_exit(worker, 60)
     assert code not in (None, 0), f"still running {waited:.0f}s after the revocation:\n" + "\n".join(worker.tail)
-    lines = _error_lines(worker, log)
+    lines = _error_lines(log)
     assert len(lines) == 1, lines
-    assert "TopicAuthorizationFailedError" in lines[0] and ws.topics.recommendations in lines[0], lines[0]
-    assert "denied" in lines[0] and "docs/operations.md#security" in lines[0]
+    assert "TopicAuthorizationFailedError" in lines[0] and name in lines[0], lines[0]
+    assert "denied SASL user 'streamrec'" in lines[0] and "docs/operations.md#security" in lines[0]
     _assert_no_secret(log.read_text(errors="replace"), secured.security.password("streamrec"))

@@ -46,6 +46,16 @@ class KafkaSettings(BaseModel):
     # group.min.session.timeout.ms (6 s).
     session_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(3.0, gt=0)
+    # The consumer's Fetch long poll on a real cluster. Faust hard-codes 1,500 ms;
+    # aiokafka keeps one Fetch per broker in flight and leaves out the partitions
+    # whose fetched records the worker has not taken yet, so once the clicks of
+    # one Fetch took the worker over 100 ms (aiokafka's prefetch backoff) the next
+    # Fetch asked only for partitions without records (Faust's leader topic never
+    # has any) and held every click partition for the full wait: clicks reached
+    # the worker ~1.3 s late in the soak at 500-1,400/s (docs/performance.md). The
+    # wait bounds that hold; an idle worker sends 1,000/wait Fetches a second.
+    fetch_max_wait_ms: int = Field(
+        100, ge=0, description="consumer Fetch long poll on a real cluster; 0 = Faust's 1,500 ms")
 
     @property
     def needs_embedded(self) -> bool:

@@ -121,8 +121,10 @@ def build(settings: Settings) -> Wiring:
     from stream_app.worker.transport import install
 
     # before any topic (stream_app/worker/transport.py): partitions without a commit are
-    # rewound after a rebalance too; the Fetch options only on the embedded broker
-    install(app, k.embedded_fetch_max_wait_ms if k.embedded else 0, k.embedded and k.embedded_fetch_highwaters)
+    # rewound after a rebalance too; the adaptive Fetch wait and the Fetch high watermarks
+    # on the embedded broker, a fixed short Fetch wait on a real cluster
+    install(app, k.embedded_fetch_max_wait_ms if k.embedded else 0, k.embedded and k.embedded_fetch_highwaters,
+            fixed_fetch_max_wait_ms=0 if k.embedded else k.fetch_max_wait_ms)
     t = settings.topics
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     clicks = app.topic(t.clicks, partitions=t.partitions, **raw)

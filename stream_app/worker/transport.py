@@ -34,6 +34,19 @@
      returns at most one batch) at the offset ListOffsets gave, which is at or
      below the true end, and the high watermark from its answer.
 
+3. **A real cluster**: a fixed Fetch wait (``kafka.fetch_max_wait_ms``, 100 ms)
+   instead of Faust's hard-coded 1,500 ms. aiokafka sends one Fetch per broker
+   at a time and leaves out every partition whose fetched records were not
+   taken yet (after its 100 ms prefetch backoff it no longer waits for them).
+   When a batch of clicks kept the worker busy longer than that, the next Fetch
+   asked only for partitions that had nothing to give (Faust's
+   ``<app>-__assignor-__leader`` topic never has a record), the broker held it
+   for the whole wait, and the click partitions, free again meanwhile, were not
+   fetched until it came back: 1.5 s of clicks per Fetch, which then kept the
+   worker busy long enough for the next Fetch to do the same. The soak at
+   940 clicks/s saw every click ~1.3 s late with the worker half idle
+   (docs/performance.md). With 100 ms that hold is at most 100 ms.
+
 Producers are Faust's, untouched.
 """
 
@@ -217,12 +230,16 @@ class StreamrecConsumerThread(AIOKafkaConsumerThread):
     """Consumer thread: uncommitted partitions rewound on ``seek_to_committed``; Tansu options."""
 
     fetch_max_wait_ms: int = 0  # 0 = Faust's; else the floor of the adaptive wait
+    fixed_fetch_max_wait_ms: int = 0  # > 0 (and no adaptive wait): this Fetch wait instead of Faust's 1,500 ms
     highwaters_from_fetch: bool = False
 
     async def on_start(self) -> None:
         await super().on_start()
         if self.fetch_max_wait_ms > 0:
             adapt_fetch_wait(self._consumer, self.fetch_max_wait_ms)
+        elif self.fixed_fetch_max_wait_ms > 0:
+            # read by the Fetcher for every request it builds; none is sent before the assignment
+            self._consumer._fetcher._fetch_max_wait_ms = self.fixed_fetch_max_wait_ms
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed_or_start)
@@ -267,6 +284,7 @@ class StreamrecConsumer(Consumer):
     """
 
     fetch_max_wait_ms: int = 0
+    fixed_fetch_max_wait_ms: int = 0
     highwaters_from_fetch: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -323,6 +341,7 @@ class StreamrecConsumer(Consumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = StreamrecConsumerThread(self, loop=self.loop, beacon=self.beacon)
         thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        thread.fixed_fetch_max_wait_ms = self.fixed_fetch_max_wait_ms
         thread.highwaters_from_fetch = self.highwaters_from_fetch
         return thread
 
@@ -333,13 +352,17 @@ class StreamrecTransport(Transport):
     Consumer = StreamrecConsumer
 
 
-def install(app: Any, fetch_max_wait_ms: int = 0, highwaters_from_fetch: bool = False) -> None:
+def install(app: Any, fetch_max_wait_ms: int = 0, highwaters_from_fetch: bool = False,
+            fixed_fetch_max_wait_ms: int = 0) -> None:
     """Make ``app`` consume through :class:`StreamrecTransport`; call before the app creates topics.
 
-    ``fetch_max_wait_ms`` (0 = Faust's 1,500 ms) and ``highwaters_from_fetch``
-    are for the embedded Tansu broker only.
+    ``fetch_max_wait_ms`` (the floor of the adaptive wait; 0 = none) and
+    ``highwaters_from_fetch`` are for the embedded Tansu broker only;
+    ``fixed_fetch_max_wait_ms`` (0 = Faust's 1,500 ms) is the Fetch wait on a
+    real cluster, used when there is no adaptive wait.
     """
     consumer_cls = type("StreamrecConsumer", (StreamrecConsumer,), {"fetch_max_wait_ms": fetch_max_wait_ms,
+                                                                    "fixed_fetch_max_wait_ms": fixed_fetch_max_wait_ms,
                                                                     "highwaters_from_fetch": highwaters_from_fetch})
     transport_cls = type("StreamrecTransport", (StreamrecTransport,), {"Consumer": consumer_cls})
     app.transport = transport_cls(app.conf.broker_consumer, app)

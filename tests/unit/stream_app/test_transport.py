@@ -119,3 +119,23 @@ def test_a_fetch_is_behind_when_a_partition_starts_below_its_known_high_watermar
     assert not behind(fetch({0: 200, 1: 50}), known)
     assert behind(fetch({2: 0}), known)  # never seen: assume records are waiting
     assert highwaters_of(answer({0: (200, None)}, error=6)) == {}
+
+
+def test_a_real_cluster_gets_a_short_fixed_fetch_wait_and_the_embedded_broker_the_adaptive_one(tmp_path: Any) -> None:
+    """Faust's hard-coded 1,500 ms Fetch wait held every click partition behind a Fetch of the
+    never-written leader topic (docs/performance.md); on Kafka the thread sets a fixed short wait."""
+    from stream_app.settings import Settings
+    from stream_app.worker.app import build
+
+    def thread_of(settings: Settings) -> Any:
+        async def make() -> Any:
+            return build(settings).app.consumer._new_consumer_thread()
+
+        return asyncio.run(make())
+
+    base = Settings()
+    base = base.model_copy(update={"worker": base.worker.model_copy(update={"data_dir": tmp_path})})
+    real = thread_of(base.with_brokers("127.0.0.1:1"))
+    assert (real.fixed_fetch_max_wait_ms, real.fetch_max_wait_ms) == (100, 0)
+    embedded = thread_of(base.with_embedded_broker("127.0.0.1:1"))
+    assert (embedded.fixed_fetch_max_wait_ms, embedded.fetch_max_wait_ms) == (0, 10)

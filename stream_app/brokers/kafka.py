@@ -437,8 +437,3 @@ class KafkaCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def describe(cluster: KafkaCluster) -> dict[str, Any]:
-    return {"version": cluster.version, "nodes": len(cluster.nodes), "bootstrap_servers": cluster.bootstrap_servers,
-            "pids": [n.pid for n in cluster.nodes], "data": str(cluster.root)}

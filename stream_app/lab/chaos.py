@@ -24,7 +24,14 @@ from typing import Any, Callable
 
 from stream_app.brokers import KINDS
 from stream_app.lab.cluster_faults import CLUSTER_FAULTS, CLUSTER_NODES, CLUSTER_PROCEDURES
-from stream_app.lab.fault_env import FaultEnv, ListsMonitor, clicks_consumed, under_traffic, wait_both_ready
+from stream_app.lab.fault_env import (
+    FaultEnv,
+    ListsMonitor,
+    clicks_consumed,
+    hold_frozen,
+    under_traffic,
+    wait_both_ready,
+)
 from stream_app.settings import Settings
 
 FAULTS = ("sigkill x3", "rebalance: 1 of 2 killed", "data dir deleted", "broker frozen", "sigterm mid-batch")
@@ -136,11 +143,7 @@ def _broker_frozen(env: FaultEnv, traffic: Any, p: Profile, detail: dict[str, An
     if env.broker is None:
         raise RuntimeError("the broker freeze needs a local broker (it SIGSTOPs its process)")
     w = under_traffic(env, traffic, p.gap_s)
-    env.broker.freeze()
-    try:
-        time.sleep(p.freeze_s)
-    finally:
-        env.broker.thaw()
+    hold_frozen(env.broker.freeze, env.broker.thaw, p.freeze_s)
     detail["frozen_s"] = p.freeze_s
     end = time.time()
     w.wait_ready()

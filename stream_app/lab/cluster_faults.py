@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from stream_app.lab.fault_env import under_traffic
+from stream_app.lab.fault_env import hold_frozen, under_traffic
 
 CLUSTER_FAULTS = ("kafka: broker killed", "kafka: clicks leader frozen", "kafka: controller killed")
 CLUSTER_NODES = 3
@@ -45,17 +45,23 @@ def _needs_cluster(env: Any) -> Any:
     return cluster
 
 
+def _kill_and_restart(cluster: Any, victim: int, down_s: float, detail: dict[str, Any]) -> float:
+    """SIGKILL node ``victim``, leave it down ``down_s``, restart it; returns the time of the kill."""
+    end = time.time()
+    cluster.kill(victim)
+    time.sleep(down_s)
+    started = time.monotonic()
+    cluster.restart(victim)
+    detail["node_restart_s"] = round(time.monotonic() - started, 2)
+    return end
+
+
 def _node_killed(env: Any, traffic: Any, p: Any, detail: dict[str, Any]) -> list[float]:
     cluster = _needs_cluster(env)
     w = under_traffic(env, traffic, p.gap_s)
     victim = clicks_leader(env)
     detail["killed_node"] = victim
-    end = time.time()
-    cluster.kill(victim)
-    time.sleep(p.freeze_s)
-    started = time.monotonic()
-    cluster.restart(victim)
-    detail["node_restart_s"] = round(time.monotonic() - started, 2)
+    end = _kill_and_restart(cluster, victim, p.freeze_s, detail)
     w.wait_ready()
     return [end]
 
@@ -65,11 +71,7 @@ def _leader_frozen(env: Any, traffic: Any, p: Any, detail: dict[str, Any]) -> li
     w = under_traffic(env, traffic, p.gap_s)
     victim = clicks_leader(env)
     detail["frozen_node"] = victim
-    cluster.freeze(victim)
-    try:
-        time.sleep(p.freeze_s)
-    finally:
-        cluster.thaw(victim)
+    hold_frozen(lambda: cluster.freeze(victim), lambda: cluster.thaw(victim), p.freeze_s)
     detail["frozen_s"] = p.freeze_s
     end = time.time()
     w.wait_ready()
@@ -83,10 +85,7 @@ def _controller_killed(env: Any, traffic: Any, p: Any, detail: dict[str, Any]) -
     if victim is None:
         raise RuntimeError("no active KRaft controller found in the quorum state")
     detail["killed_controller"] = victim
-    end = time.time()
-    cluster.kill(victim)
-    time.sleep(p.freeze_s)
-    cluster.restart(victim)
+    end = _kill_and_restart(cluster, victim, p.freeze_s, detail)
     detail["new_controller"] = cluster.controller_id()
     w.wait_ready()
     return [end]

@@ -10,7 +10,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from stream_app.settings import Settings
 
@@ -161,3 +161,12 @@ def under_traffic(env: FaultEnv, traffic: Any, gap_s: float) -> Any:
     traffic.start()
     time.sleep(gap_s)
     return w
+
+
+def hold_frozen(freeze: Callable[[], None], thaw: Callable[[], None], seconds: float) -> None:
+    """A broker process stopped (SIGSTOP) for ``seconds``, then resumed, whatever happens meanwhile."""
+    freeze()
+    try:
+        time.sleep(seconds)
+    finally:
+        thaw()

@@ -86,22 +86,24 @@ def graceful_worker(app: Any, settings: Settings) -> Any:
 
         def _schedule_shutdown(self, signal: Any) -> None:
             if not self._signal_stop_time:
-                watchdog = threading.Timer(grace, _hard_exit, args=(grace,))
-                watchdog.daemon = True
-                watchdog.start()
+                arm_watchdog(grace, grace)
             super()._schedule_shutdown(signal)
 
         def _crash(self, reason: BaseException) -> None:
             # A crash stops the worker as a signal does, and that stop can hang the same way
             # (Faust waits for clicks that will never be acked after a refused write): bound it.
             if not self._crashed.is_set():
-                line = access_error_line(reason, settings)
-                watchdog = threading.Timer(grace, _hard_exit, args=(grace, line))
-                watchdog.daemon = True
-                watchdog.start()
+                arm_watchdog(grace, grace, access_error_line(reason, settings))
             super()._crash(reason)
 
     return GracefulWorker(app, loglevel=settings.worker.loglevel, quiet=True)
+
+
+def arm_watchdog(after_s: float, grace: float, error_line: str | None = None) -> None:
+    """Exit the process hard ``after_s`` from now (:func:`_hard_exit`) unless it has exited by then."""
+    watchdog = threading.Timer(after_s, _hard_exit, args=(grace, error_line))
+    watchdog.daemon = True
+    watchdog.start()
 
 
 def _hard_exit(grace: float, error_line: str | None = None) -> None:
@@ -358,10 +360,7 @@ def _stop_on_refused_delivery(wiring: Any, shell: Any, settings: Settings) -> _R
         with warnings.catch_warnings():  # read at stop time only, so setting it late is fine
             warnings.simplefilter("ignore")
             app.conf.stream_wait_empty = False
-        watchdog = threading.Timer(min(settings.worker.shutdown_grace_s, REFUSAL_STOP_S), _hard_exit,
-                                   args=(settings.worker.shutdown_grace_s, line))
-        watchdog.daemon = True
-        watchdog.start()
+        arm_watchdog(min(settings.worker.shutdown_grace_s, REFUSAL_STOP_S), settings.worker.shutdown_grace_s, line)
         asyncio.ensure_future(refusal.worker.stop())  # as a signal would, without the crash tracebacks
 
     del stop_on_refused_delivery

@@ -127,9 +127,26 @@ class WorkerSettings(BaseModel):
     shutdown_grace_s: float = Field(20.0, gt=0)
     delivery_timeout_s: float = Field(
         60.0, gt=0, description="a batch whose records the broker has not acknowledged after this long fails /healthz")
+    # exactly_once (Apache Kafka only): the state changelog, the lists and the dead
+    # letters of a click are written in one Kafka transaction with its consumed
+    # offset (stream_app/worker/transactions.py, docs/reliability.md)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    commit_interval_s: float = Field(
+        0.0, ge=0, description="how often offsets are committed; 0 = 2.8 s at least once (Faust's), 0.1 s exactly "
+                               "once (lists become visible to read_committed readers at each commit)")
     api_token: SecretStr = Field(
         SecretStr(""), description="bearer token the /users/... pages require (Authorization: Bearer ...); "
                                    "empty = no token; /metrics, /healthz and /readyz stay open")
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def commit_every_s(self) -> float:
+        if self.commit_interval_s > 0:
+            return self.commit_interval_s
+        return 0.1 if self.exactly_once else 2.8
 
 
 class BrokerSettings(BaseModel):

@@ -63,12 +63,22 @@ async def _highwater_total(servers: str, topic: str) -> int:
         await c.stop()
 
 
-def wait_for(servers: str, topic: str, count: int, timeout_s: float, alive: Callable[[], bool]) -> int:
-    """Poll the output topic's Fetch high watermarks until ``count`` records are there."""
+def published(worker: Any) -> int:
+    """Lists a worker has sent so far, from its /metrics."""
+    from stream_app.lab.harness import parse_metrics
+
+    metrics = parse_metrics(worker.metrics())
+    return int(sum(v for k, v in metrics.items() if k.startswith("streamrec_recommendations_published_total")))
+
+
+def wait_for(servers: str, topic: str, count: int, timeout_s: float, alive: Callable[[], bool],
+             worker: Any = None) -> int:
+    """Poll the output topic's Fetch high watermarks (or, given a ``worker``, its published lists:
+    under exactly-once the commit markers count in the watermarks) until ``count`` records are there."""
     deadline = time.monotonic() + timeout_s
     n = 0
     while time.monotonic() < deadline and alive():
-        n = asyncio.run(_highwater_total(servers, topic))
+        n = published(worker) if worker is not None else asyncio.run(_highwater_total(servers, topic))
         if n >= count:
             return n
         time.sleep(0.5)
@@ -97,6 +107,9 @@ async def _read_all(servers: str, topic: str) -> list[tuple[int, bytes, list[tup
                 for r in records:
                     out.append((r.timestamp, r.value, list(r.headers or ())))
                 if records and records[-1].offset + 1 >= ends[tp]:
+                    done[tp] = True
+            for tp in tps:  # a transactional topic ends in commit markers, offsets no record has
+                if not done[tp] and await c.position(tp) >= ends[tp]:
                     done[tp] = True
     finally:
         await c.stop()
@@ -303,7 +316,8 @@ def run_system(kind: str, base: Any, model: Path, work: Path, broker_pid: int | 
         res.ready_s = round(child.start(), 1)
         cpu0, bcpu0 = cpu_seconds(child.pid), cpu_seconds(broker_pid)
         n = send(s, s.topics.clicks, sat_msgs)
-        got = wait_for(servers, s.topics.recommendations, n, timeout_s=max(120.0, n / 50.0), alive=child.alive)
+        got = wait_for(servers, s.topics.recommendations, n, timeout_s=max(120.0, n / 50.0), alive=child.alive,
+                       worker=child.worker if s.worker.exactly_once else None)
         cpu1, bcpu1 = cpu_seconds(child.pid), cpu_seconds(broker_pid)
         res.peak_rss_mb = round(rss_bytes(child.pid, peak=True) / 2**20, 1)
     finally:
@@ -325,7 +339,8 @@ def run_system(kind: str, base: Any, model: Path, work: Path, broker_pid: int | 
     try:
         child.start()
         n = send(s, s.topics.clicks, half_msgs, rate=half_rate, duration_s=half_s)
-        wait_for(servers, s.topics.recommendations, n, timeout_s=60.0, alive=child.alive)
+        wait_for(servers, s.topics.recommendations, n, timeout_s=60.0, alive=child.alive,
+                 worker=child.worker if s.worker.exactly_once else None)
         if soak_s > 0:
             res.soak = soak(child, s, half_msgs, half_rate, soak_s)
         res.peak_rss_mb = max(res.peak_rss_mb, round(rss_bytes(child.pid, peak=True) / 2**20, 1))

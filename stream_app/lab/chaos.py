@@ -85,10 +85,13 @@ class FaultResult:
     recovery_s: float
     detail: dict[str, Any] = field(default_factory=dict)
 
+    exactly_once: bool = False
+
     @property
     def ok(self) -> bool:
+        """0 lost lists, dead letters and state mismatches; under exactly-once 0 duplicated lists too."""
         return (self.lost == 0 and self.state_mismatches == 0 and self.detail.get("dead_letters_lost", 0) == 0
-                and not self.detail.get("error"))
+                and not (self.exactly_once and self.duplicated) and not self.detail.get("error"))
 
     def row(self) -> dict[str, Any]:
         return {"fault": self.fault, "clicks": self.clicks, "lost": self.lost, "duplicated": self.duplicated,
@@ -259,8 +262,14 @@ def _check(name: str, env: FaultEnv, sent: list[Any], ends: list[float], recomme
         detail["mismatch_examples"] = problems[:5]
     if d.lost:
         detail["lost_examples"] = d.lost[:5]
+    if d.duplicated and s.worker.exactly_once:
+        detail["duplicate_examples"] = [
+            {"click": list(p), "lists": [{"produced_ts": r.produced_ts, "replayed": r.replayed} for r in recs
+                                         if (r.source.partition, r.source.offset) == p]}
+            for p in d.duplicate_examples]
     return FaultResult(name, len(valid), len(d.lost), d.duplicated, len(problems),
-                       recovery_seconds(recs, valid, ends, s.topics.partitions), detail)
+                       recovery_seconds(recs, valid, ends, s.topics.partitions), detail,
+                       exactly_once=s.worker.exactly_once)
 
 
 def recovery_seconds(recs: list[Any], sent: list[Any], ends: list[float], partitions: int) -> float:
@@ -318,6 +327,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     else:
         model = Path(args.model) if args.model else small_checkpoint(work / "model.pt")
     configured = Settings()
+    if (configured.worker.exactly_once and configured.kafka.needs_embedded
+            and (args.broker or configured.broker.kind) == "embedded"):
+        print("streamrec chaos: error: exactly_once needs Apache Kafka (the embedded broker has no transactions): "
+              "add --broker kafka", file=sys.stderr)
+        return 2
     local_kafka = configured.kafka.needs_embedded and (args.broker or configured.broker.kind) == "kafka"
     every = FAULTS + (CLUSTER_FAULTS if local_kafka else ())
     faults = [f for f in every if not args.only or any(o in f for o in args.only)]
@@ -339,7 +353,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if args.json:
         broker = (args.broker or configured.broker.kind) if configured.kafka.needs_embedded else "configured"
         print(json_line({"rows": [r.row() for r in results], "profile": profile.name, "rate": round(profile.rate, 1),
-                         "broker": broker, "elapsed_s": round(elapsed, 1), "ok": ok}), flush=True)
+                         "broker": broker, "processing_guarantee": configured.worker.processing_guarantee, "elapsed_s": round(elapsed, 1), "ok": ok}), flush=True)
     else:
         print(f"{'all faults passed' if ok else 'FAILURES'} ({profile.name}, {elapsed:.0f}s)", flush=True)
     return 0 if ok else 1

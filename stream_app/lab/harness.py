@@ -121,9 +121,12 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 100) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
+        # under exactly-once, what a downstream reader sees: committed transactions only
+        isolation = "read_committed" if settings.worker.exactly_once else "read_uncommitted"
         self.consumer = KafkaConsumer(
             **client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest",
             consumer_timeout_ms=200, fetch_max_wait_ms=fetch_max_wait_ms, fetch_min_bytes=fetch_min_bytes,
+            isolation_level=isolation,
         )
         parts = self.consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + 10

@@ -143,6 +143,7 @@ class Delivery:
     duplicated: int = 0  # lists beyond the first for one click
     replayed: int = 0  # lists marked replayed (the replay guard re-sent them)
     unexpected: int = 0  # lists for positions that were not among the valid clicks
+    duplicate_examples: list[Position] = field(default_factory=list)
 
 
 def delivery(valid_positions: Iterable[Position], recs: Sequence[Recommendation]) -> Delivery:
@@ -154,4 +155,5 @@ def delivery(valid_positions: Iterable[Position], recs: Sequence[Recommendation]
         duplicated=sum(n - 1 for n in per_click.values() if n > 1),
         replayed=sum(1 for r in recs if r.replayed),
         unexpected=sum(1 for p in per_click if p not in wanted),
+        duplicate_examples=sorted(p for p, n in per_click.items() if n > 1)[:5],
     )

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import hmac
 import logging
 import time
 import weakref
 from typing import Any
 
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app.worker import openapi
+from stream_app.worker.auth import package_version, requires_token
 from stream_app.worker.app import Wiring
 from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
+from stream_app.worker.transactions import Outbox
 from stream_app.errors import InvalidClick
 from stream_app.worker.metrics import Metrics
 from stream_app.core.recommender import Incoming, Recommender
@@ -58,6 +60,7 @@ class Shell:
         self._rebalance_started: float | None = None
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
+        self.outbox = Outbox(wiring.app, settings.worker.exactly_once)
 
     # -- the per-batch path --------------------------------------------------
 
@@ -93,7 +96,8 @@ class Shell:
             (DEAD_LETTER_SOURCE_HEADER, f"{msg.topic}/{msg.partition}/{msg.offset}".encode()),
         ]
         value = msg.value if isinstance(msg.value, (bytes, type(None))) else bytes(msg.value)
-        delivered = await self.w.dead_letter.send(key=msg.key, value=value, headers=headers)
+        delivered = await self.outbox.send(self.s.topics.dead_letter, msg.key, value, headers,
+                                           (msg.topic, msg.partition))
         self.m.dead_letters.labels(error.reason).inc()
         return delivered
 
@@ -126,7 +130,7 @@ class Shell:
         if not valid:
             return delivered
         outcomes = await self._process_safely(valid, now, delivered)
-        producer, topic = self.w.app.producer, self.s.topics.recommendations
+        topic, send = self.s.topics.recommendations, self.outbox.send
         for (event, inc), out in zip(valid, outcomes):
             if out is None:
                 continue
@@ -137,12 +141,41 @@ class Shell:
                 self.m.state_bytes.observe(len(out.state_blob))
             # straight to the producer: Topic.send's per-message Faust bookkeeping cost
             # more than the send itself (docs/performance.md)
-            delivered.append(await producer.send(topic, event.key, out.recommendation.to_json(), None, None, None))
+            delivered.append(await send(topic, event.key, out.recommendation.to_json(), None,
+                                        (event.message.topic, event.message.partition)))
             self._count(out, inc, event.message.time_in)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
         delivered.extend(self.w.table.take_undelivered())
         return delivered
+
+    async def handle_in_transaction(self, stream: Any, events: list[Any]) -> None:
+        """Exactly-once: the batch's records enqueued in its partitions' transactions and the batch acked,
+        with no commit in between (stream_app/worker/transactions.py).
+
+        Delivery is the transaction's business: a record that fails makes the commit fail, the
+        transaction is aborted and the worker stops; its clicks are consumed again after a restart.
+        """
+        consumer = self.w.app.consumer
+        try:
+            async with consumer.commit_gate:
+                if consumer.revoking:  # between the pre-rebalance commit and the new assignment
+                    consumer.forget(events)  # not processed, not acked: fetched again from the committed
+                    return                   # offsets after the rebalance
+                generation = self.w.app.consumer_generation_id
+                consumer.forget(e for e in events if e.message.generation_id != generation)  # the same
+                events = [e for e in events if e.message.generation_id == generation]
+                if not events:
+                    return
+                await self.handle(stream, events)
+                await self.w.table.publish_held()
+                for event in events:
+                    await stream.ack(event)
+        except (KafkaError, ProducerSendError) as exc:  # fenced, or the transaction failed: no retry here
+            log.error("a transaction failed (%r): the worker stops; the clicks of its open transactions are "
+                      "consumed again after the restart", exc)
+            await self.w.app.crash(exc)
+            raise
 
     async def _process_safely(self, valid: list[tuple[Any, Incoming]], now: float,
                               delivered: list[Any]) -> list[Any]:
@@ -223,6 +256,12 @@ class Shell:
             self.m.state_resets.labels("ttl").inc(removed)
         return removed
 
+    async def _publish_held(self) -> None:
+        """Exactly-once: the tombstones of a sweep into their partitions' transactions."""
+        if self.s.worker.exactly_once:
+            async with self.w.app.consumer.commit_gate:
+                await self.w.table.publish_held()
+
     async def expire_idle_users(self, chunk: int = 2000) -> int:
         """One sweep over the owned partitions, ``chunk`` keys at a time so clicks keep flowing.
 
@@ -243,11 +282,13 @@ class Shell:
                     candidates.append(key)
                 if scanned % chunk == 0:
                     removed += self.expire_keys(partition, db, candidates, now)
+                    await self._publish_held()
                     candidates = []
                     await asyncio.sleep(0)
                     if not self.ready() or store._dbs.get(partition) is not db:
                         return removed
             removed += self.expire_keys(partition, db, candidates, now)
+            await self._publish_held()
             await asyncio.sleep(0)
             if not self.ready():
                 break
@@ -327,45 +368,6 @@ class Shell:
         }
 
 
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("streamrec")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
-
-
-def bearer_ok(request: Any, token: str) -> bool:
-    """True when no token is configured, or the request carries ``Authorization: Bearer <token>``.
-
-    Constant-time comparison (``hmac.compare_digest``), on bytes so that a non-ASCII header
-    cannot raise.
-    """
-    if not token:
-        return True
-    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"),
-                                                              token.encode("utf-8"))
-
-
-def requires_token(token: str) -> Any:
-    """A page decorator answering 401 unless :func:`bearer_ok`.
-
-    Outermost, before Faust's ``table_route``: a request without the token is not
-    forwarded to the worker that owns the key, and one with it is forwarded with its
-    headers (the owner checks the same token).
-    """
-    def decorate(fun: Any) -> Any:
-        @functools.wraps(fun)
-        async def checked(web: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-            if not bearer_ok(request, token):
-                return web.json({"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"})
-            return await fun(web, request, *args, **kwargs)
-        return checked
-    return decorate
-
-
 def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> Shell:
     """Register the agent, the timers and the HTTP pages on the app."""
     app = wiring.app
@@ -383,7 +385,10 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
                                                quiet=w.batch_quiet_ms / 1000.0):
                 batch = list(events)
                 shell.batch_since = time.monotonic()
-                await acks.submit(batch, await shell.handle(stream, batch))
+                if w.exactly_once:
+                    await shell.handle_in_transaction(stream, batch)
+                else:
+                    await acks.submit(batch, await shell.handle(stream, batch))
                 shell.batch_since = None
         finally:
             # stopping: let the batches in flight be acked so the final commit covers them
@@ -417,7 +422,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
 
     @app.page("/openapi.json")
     async def openapi_page(web: Any, request: Any) -> Any:
-        return web.json(openapi.spec(_package_version()))
+        return web.json(openapi.spec(package_version()))
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

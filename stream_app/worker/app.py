@@ -35,10 +35,28 @@ class DeliveryTrackedTable(faust.Table):
     (``stream_app.worker.batching.DeliveryAcks``).
     """
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
-        self.__dict__.setdefault("_undelivered", []).append(fut)
+    def send_changelog(self, partition: Any, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> Any:
+        if not self.app.in_transaction:
+            fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+            self.__dict__.setdefault("_undelivered", []).append(fut)
+            return fut
+        # exactly-once: held here, not put in Faust's producer buffer (whose background task may
+        # hand it to the producer after the commit), and published by the agent before its batch is
+        # acked (stream_app/worker/transactions.py)
+        fut = self.changelog_topic.as_future_message(
+            key=key, value=value, partition=partition,
+            key_serializer=key_serializer or self.key_serializer,
+            value_serializer=value_serializer or self.value_serializer,
+            callback=self._on_changelog_sent, eager_partitioning=True)
+        self.__dict__.setdefault("_held", []).append(fut)
         return fut
+
+    async def publish_held(self) -> None:
+        """Exactly-once: hand the held changelog records to their partition's transactional producer."""
+        held, self.__dict__["_held"] = self.__dict__.get("_held", []), []
+        for fut in held:
+            await self.changelog_topic.publish_message(fut, wait=False)
 
     def take_undelivered(self) -> list[Any]:
         """The futures of the changelog records sent since the last call."""
@@ -85,6 +103,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         autodiscover=False,
         web_in_thread=False,
     )
+    config.update(processing_guarantee=w.processing_guarantee, broker_commit_interval=w.commit_every_s)
     if not k.embedded:
         config.update(broker_session_timeout=k.session_timeout_s, broker_heartbeat_interval=k.heartbeat_interval_s)
     else:
@@ -123,6 +142,8 @@ def build(settings: Settings) -> Wiring:
     # before any topic (stream_app/worker/transport.py): partitions without a commit are
     # rewound after a rebalance too; the adaptive Fetch wait and the Fetch high watermarks
     # on the embedded broker, a fixed short Fetch wait on a real cluster
+    from stream_app.worker.transactions import install_recovery
+
     install(app, k.embedded_fetch_max_wait_ms if k.embedded else 0, k.embedded and k.embedded_fetch_highwaters,
             fixed_fetch_max_wait_ms=0 if k.embedded else k.fetch_max_wait_ms)
     t = settings.topics
@@ -148,4 +169,6 @@ def build(settings: Settings) -> Wiring:
     ))
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    if settings.worker.exactly_once:
+        install_recovery(app)
     return Wiring(app, clicks, recommendations, dead_letter, table)

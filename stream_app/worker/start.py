@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, ProcessCollector, PlatformCollector, GCCollector
 
-from stream_app.errors import BrokerError, ModelLoadError, StateDirError
+from stream_app.errors import BrokerError, ConfigError, ModelLoadError, StateDirError
 from stream_app.worker.metrics import Metrics
 from stream_app.core.recommender import Policy, Recommender
 from stream_app.settings import Settings
@@ -374,7 +374,11 @@ def run(settings: Settings) -> int:
     from stream_app.worker.agents import attach
     from stream_app.worker.app import build
     from stream_app.worker.topics import changelog_topic, ensure_topics
+    from stream_app.worker.transactions import mark_clean_stop, prepare_state_dir
 
+    if settings.worker.exactly_once and settings.kafka.embedded:
+        raise ConfigError("STREAMREC_WORKER__PROCESSING_GUARANTEE=exactly_once needs Apache Kafka: the embedded "
+                          "broker has no transactions (use at_least_once there, or STREAMREC_BROKER__KIND=kafka)")
     torch.set_num_threads(settings.worker.torch_threads)
     recommender, ckpt = load_recommender(settings)
     probe_credentials(settings)
@@ -391,6 +395,9 @@ def run(settings: Settings) -> int:
         str(len(ckpt.item_ids)),
     ).set(1)
     wiring = build(settings)
+    tabledir = Path(wiring.app.conf.tabledir)
+    if settings.worker.exactly_once:
+        prepare_state_dir(tabledir)
     shell = attach(wiring, recommender, metrics, settings)
     refusal = _stop_on_refused_delivery(wiring, shell, settings)
     print(
@@ -403,6 +410,8 @@ def run(settings: Settings) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
+        if settings.worker.exactly_once and not exc.code and getattr(worker, "crash_reason", None) is None:
+            mark_clean_stop(tabledir)
         if refusal.line is not None:
             raise KafkaAccessError(refusal.line) from None
         crash = getattr(worker, "crash_reason", None)

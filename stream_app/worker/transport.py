@@ -47,11 +47,19 @@
    940 clicks/s saw every click ~1.3 s late with the worker half idle
    (docs/performance.md). With 100 ms that hold is at most 100 ms.
 
+4. **Exactly-once** (``worker.processing_guarantee``, Kafka only): changelog ends
+   from ``ListOffsets`` with ``read_committed`` (Faust reads a last stable
+   offset that is None before the first Fetch, and recovery then skipped the
+   changelog), the log ends each fetch reached (for
+   :class:`stream_app.worker.transactions.EosRecovery`), and commits that wait
+   for the batch in progress (``commit_gate``).
+
 Producers are Faust's, untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from typing import Any, Iterable, Mapping
@@ -61,6 +69,8 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP
+
+from stream_app.worker.transactions import LogEnds, StreamrecTransactionManager
 
 log = logging.getLogger("streamrec.transport")
 
@@ -257,9 +267,21 @@ class StreamrecConsumerThread(AIOKafkaConsumerThread):
         return committed
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-        if not self.highwaters_from_fetch or self.consumer.in_transaction:
+        if self.consumer.in_transaction:
+            # Faust reads last_stable_offset(), None before a partition's first Fetch: recovery
+            # then took an unread changelog for empty (-1) and skipped it. ListOffsets with
+            # read_committed answers the last stable offset.
+            return await self._ensure_consumer().end_offsets(partitions)
+        if not self.highwaters_from_fetch:
             return await super()._highwaters(partitions)
         return await fetch_highwaters(self._ensure_consumer(), partitions)
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if self.consumer.in_transaction:
+            self.consumer.log_ends.observe(consumer, records, set(self.app.tables.changelog_topics))
+        return records
 
 
 class StreamrecConsumer(Consumer):
@@ -290,8 +312,62 @@ class StreamrecConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: set[TP] = set()  # stream partitions to resume once sought to their committed offsets
+        # exactly-once (stream_app/worker/transactions.py): held by the agent around a batch and by
+        # every commit, so a transaction covers whole batches with their offsets
+        self.commit_gate = asyncio.Lock()
+        self.revoking = False  # True from the pre-rebalance commit to the next assignment
+        self.log_ends = LogEnds()
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if not self.in_transaction:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        async with self.commit_gate:  # the offsets to commit are read inside, after the batch in progress
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
+    async def wait_empty(self) -> None:
+        if self.in_transaction and self.revoking:
+            # commit_before_rebalance committed every processed click; the agent drops the rest
+            # (fetched again after the rebalance), so Faust would wait for their acks forever
+            return
+        await super().wait_empty()
+        if self.in_transaction:
+            # Faust ends it with a commit that is skipped when its commit timer is committing at
+            # that moment (maybe_wait_for_commit_to_finish). This one is never skipped.
+            await self.force_commit(start_new_transaction=False)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.in_transaction:
+            await self.commit_before_rebalance()
+        await super().on_partitions_revoked(revoked)
+
+    async def commit_before_rebalance(self) -> None:
+        """Exactly-once: commit every processed click now, and process none until the new assignment.
+
+        Faust commits at a revocation only while the consumer still reports an assignment,
+        and aiokafka has cleared it by then: processed clicks stayed in open transactions,
+        and a partition kept over the rebalance was sought back to its committed offset,
+        processed again into the same transaction, and both lists were committed. Here
+        the acked offsets are committed with their transactions (the group coordinator
+        takes them: the member has not rejoined yet), and :attr:`revoking` makes
+        the agent drop batches (unacked: they are fetched again) until the assignment.
+        """
+        async with self.commit_gate:
+            self.revoking = True
+            offsets = self._filter_committable_offsets(self._filter_tps_with_pending_acks())
+            if offsets:
+                await self.transactions.commit(offsets, start_new_transaction=True)
+                self._committed_offset.update(offsets)
+                self.app.tables.on_commit(offsets)
+
+    def forget(self, events: Iterable[Any]) -> None:
+        """Exactly-once: events the agent dropped unprocessed; no stop or revocation waits for their acks."""
+        for event in events:
+            self._unacked_messages.discard(event.message)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.in_transaction:
+            self.log_ends.clear()
+            self.revoking = False
         # Faust makes every assigned partition active, then pauses them all a few awaits
         # later (App._on_partitions_assigned); stream partitions are paused from the start
         # here, so no click is fetched for a stream before its table is recovered and the
@@ -347,9 +423,11 @@ class StreamrecConsumer(Consumer):
 
 
 class StreamrecTransport(Transport):
-    """Faust's aiokafka transport with :class:`StreamrecConsumer`; producers are untouched."""
+    """Faust's aiokafka transport with :class:`StreamrecConsumer` (and, under exactly-once, the producers of
+    the active partitions only); producers are otherwise untouched."""
 
     Consumer = StreamrecConsumer
+    TransactionManager = StreamrecTransactionManager
 
 
 def install(app: Any, fetch_max_wait_ms: int = 0, highwaters_from_fetch: bool = False,

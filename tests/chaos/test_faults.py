@@ -43,3 +43,20 @@ def test_cluster_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_pat
     assert r.lost == 0, r.detail
     assert r.detail["dead_letters_lost"] == 0, r.detail
     assert r.state_mismatches == 0, r.detail
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_fault_exactly_once_loses_and_duplicates_nothing(fault: str, small_checkpoint: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """STREAMREC_WORKER__PROCESSING_GUARANTEE=exactly_once on Kafka, read_committed: one list per click."""
+    skip_unless_broker("kafka")
+    monkeypatch.setenv("STREAMREC_WORKER__PROCESSING_GUARANTEE", "exactly_once")
+    r = run_fault(fault, CI, small_checkpoint, tmp_path / "run", broker_kind="kafka")
+    assert r.exactly_once
+    assert "error" not in r.detail, r.detail
+    assert r.clicks > 0
+    assert r.lost == 0, r.detail
+    assert r.duplicated == 0, r.detail
+    assert r.detail["replayed"] == 0, r.detail
+    assert r.detail["dead_letters_lost"] == 0, r.detail
+    assert r.state_mismatches == 0, r.detail

@@ -25,7 +25,7 @@ import pytest
 
 from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, http_get, recommendations
 from stream_app.settings import Settings
-from stream_app.worker.agents import bearer_ok
+from stream_app.worker.auth import bearer_ok
 from tests.integration.helpers import click, scenario, send_all
 
 ERROR_PREFIX = "streamrec worker: error:"

@@ -207,3 +207,9 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_start_up_refuses_exactly_once_on_the_embedded_broker(settings: Settings) -> None:
+    if not settings.kafka.embedded:
+        pytest.skip("Apache Kafka has transactions (tests/integration/test_exactly_once.py)")
+    _refused(_with(settings, "worker", processing_guarantee="exactly_once"), "needs Apache Kafka")

@@ -192,6 +192,7 @@ def _consumer():  # noqa: ANN202
     consumer._held = set()
     consumer._active_partitions = set()
     consumer._paused_partitions = set()
+    consumer.in_transaction = False
     consumer.app = SimpleNamespace(topics=SimpleNamespace(acking_topics={"clicks"}))
     return consumer
 

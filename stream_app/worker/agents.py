@@ -146,7 +146,7 @@ class Shell:
             self._count(out, inc, event.message.time_in)
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
-        delivered.extend(self.w.table.take_undelivered())
+        delivered.extend(await self.w.table.publish_held())
         return delivered
 
     async def handle_in_transaction(self, stream: Any, events: list[Any]) -> None:
@@ -168,7 +168,6 @@ class Shell:
                 if not events:
                     return
                 await self.handle(stream, events)
-                await self.w.table.publish_held()
                 for event in events:
                     await stream.ack(event)
         except (KafkaError, ProducerSendError) as exc:  # fenced, or the transaction failed: no retry here
@@ -257,10 +256,12 @@ class Shell:
         return removed
 
     async def _publish_held(self) -> None:
-        """Exactly-once: the tombstones of a sweep into their partitions' transactions."""
-        if self.s.worker.exactly_once:
-            async with self.w.app.consumer.commit_gate:
-                await self.w.table.publish_held()
+        """The tombstones of a sweep to the producer (exactly-once: into their partitions' transactions)."""
+        if not self.s.worker.exactly_once:
+            await self.w.table.publish_held()
+            return
+        async with self.w.app.consumer.commit_gate:
+            await self.w.table.publish_held()
 
     async def expire_idle_users(self, chunk: int = 2000) -> int:
         """One sweep over the owned partitions, ``chunk`` keys at a time so clicks keep flowing.

@@ -24,26 +24,24 @@ class Wiring:
 
 
 class DeliveryTrackedTable(faust.Table):
-    """A Faust table that keeps the delivery future of every changelog record it sends.
+    """A Faust table whose changelog records the agent publishes itself, keeping their delivery futures.
 
     Faust hands changelog records to a ``ProducerBuffer`` that a background task
-    drains, and its commit flushes that buffer for at most 0.1 s without progress
-    (``ProducerBuffer.flush_atmost``): under load an offset can be committed while
-    the state written for it is still in the buffer, and a SIGKILL then loses it
-    (the faust-streaming #606 class of bug). The shell takes these futures with
-    each batch and acks the batch's clicks only once they are delivered
-    (``stream_app.worker.batching.DeliveryAcks``).
+    drains one record at a time, and its commit flushes that buffer for at most
+    0.1 s without progress (``ProducerBuffer.flush_atmost``): under load an offset
+    could be committed while the state written for it was still in the buffer, and
+    a SIGKILL then lost it (the faust-streaming #606 class of bug). Under
+    exactly-once the background task could also hand a record to the producer after
+    the commit that should have covered it. Here the records are held by
+    ``send_changelog`` and published by the agent with its batch
+    (:meth:`publish_held`); at least once, the batch's clicks are acked once these
+    futures are done (``stream_app.worker.batching.DeliveryAcks``). Publishing them
+    in the agent also costs less CPU than the buffer's task and its per-record event
+    (docs/performance.md).
     """
 
     def send_changelog(self, partition: Any, key: Any, value: Any, key_serializer: Any = None,
                        value_serializer: Any = None) -> Any:
-        if not self.app.in_transaction:
-            fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
-            self.__dict__.setdefault("_undelivered", []).append(fut)
-            return fut
-        # exactly-once: held here, not put in Faust's producer buffer (whose background task may
-        # hand it to the producer after the commit), and published by the agent before its batch is
-        # acked (stream_app/worker/transactions.py)
         fut = self.changelog_topic.as_future_message(
             key=key, value=value, partition=partition,
             key_serializer=key_serializer or self.key_serializer,
@@ -52,17 +50,13 @@ class DeliveryTrackedTable(faust.Table):
         self.__dict__.setdefault("_held", []).append(fut)
         return fut
 
-    async def publish_held(self) -> None:
-        """Exactly-once: hand the held changelog records to their partition's transactional producer."""
+    async def publish_held(self) -> list[Any]:
+        """Hand the held changelog records to the producer (under exactly-once, to their partition's
+        transactional one); returns their delivery futures."""
         held, self.__dict__["_held"] = self.__dict__.get("_held", []), []
         for fut in held:
             await self.changelog_topic.publish_message(fut, wait=False)
-
-    def take_undelivered(self) -> list[Any]:
-        """The futures of the changelog records sent since the last call."""
-        futures = self.__dict__.get("_undelivered", [])
-        self.__dict__["_undelivered"] = []
-        return futures
+        return held
 
 
 def _credentials(settings: Settings) -> Any:

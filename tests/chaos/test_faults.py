@@ -45,7 +45,12 @@ def test_cluster_fault_loses_nothing(fault: str, small_checkpoint: Path, tmp_pat
     assert r.state_mismatches == 0, r.detail
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+# The two faults where Faust's exactly-once defects showed (a kill, a rebalance): the whole suite in
+# this mode is `streamrec chaos` (docs/reliability.md), kept out of CI for its 35-minute budget.
+EOS_FAULTS = [f for f in FAULTS if f.startswith(("sigkill", "rebalance"))]
+
+
+@pytest.mark.parametrize("fault", EOS_FAULTS)
 def test_fault_exactly_once_loses_and_duplicates_nothing(fault: str, small_checkpoint: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """STREAMREC_WORKER__PROCESSING_GUARANTEE=exactly_once on Kafka, read_committed: one list per click."""

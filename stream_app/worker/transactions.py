@@ -59,16 +59,13 @@ class Outbox:
         self._tids: dict[tuple[str, int], str] = {}
 
     def transactional_id(self, topic: str, partition: int) -> str:
-        """Faust's id for the transaction that commits ``topic``/``partition`` (its TransactionManager format)."""
+        """Faust's id for the transaction that commits ``topic``/``partition`` (its TransactionManager format;
+        the topic groups are fixed by the app's topics, so the ids are cached)."""
         tid = self._tids.get((topic, partition))
         if tid is None:
             group = self.app.assignor.group_for_topic(topic)
             tid = self._tids[(topic, partition)] = f"{self.app.conf.id}-{group}-{partition}"
         return tid
-
-    def forget(self) -> None:
-        """Topic groups can change with an assignment."""
-        self._tids.clear()
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any,
                    source: tuple[str, int]) -> Awaitable[Any]:

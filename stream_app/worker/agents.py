@@ -153,8 +153,9 @@ class Shell:
         """Exactly-once: the batch's records enqueued in its partitions' transactions and the batch acked,
         with no commit in between (stream_app/worker/transactions.py).
 
-        Delivery is the transaction's business: a record that fails makes the commit fail, the
-        transaction is aborted and the worker stops; its clicks are consumed again after a restart.
+        Delivery is the transaction's business: a record that fails makes its transaction's commit
+        fail, so neither the records nor the offsets of its clicks are committed, and the clicks are
+        consumed again. A send that raises (fenced, not in a transaction) stops the worker.
         """
         consumer = self.w.app.consumer
         try:

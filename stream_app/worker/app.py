@@ -19,7 +19,6 @@ class Wiring:
     app: faust.App
     clicks: Any
     recommendations: Any
-    dead_letter: Any
     table: Any
 
 
@@ -144,7 +143,6 @@ def build(settings: Settings) -> Wiring:
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     clicks = app.topic(t.clicks, partitions=t.partitions, **raw)
     recommendations = app.topic(t.recommendations, **raw)
-    dead_letter = app.topic(t.dead_letter, **raw)
     # Tables pick "json" unless the value type is a Record; the state is opaque
     # versioned bytes, so the changelog, the RocksDB store and recovery carry it raw.
     changelog = app.topic(
@@ -165,4 +163,4 @@ def build(settings: Settings) -> Wiring:
     table.value_serializer = "raw"
     if settings.worker.exactly_once:
         install_recovery(app)
-    return Wiring(app, clicks, recommendations, dead_letter, table)
+    return Wiring(app, clicks, recommendations, table)

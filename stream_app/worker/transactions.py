@@ -5,8 +5,9 @@ active click partition a transactional producer (``transactional.id`` =
 ``<app id>-<topic group>-<partition>``, so the worker that takes a partition
 over fences the one that had it and aborts its open transaction), commits the
 consumed offsets with ``send_offsets_to_transaction`` and reads with
-``read_committed``. What it gets right is used as is. Four things it does not
-are handled here (faust-streaming 0.15.3):
+``read_committed``. What it gets right is used as is. What it does not is handled
+here and in ``stream_app/worker/transport.py`` (faust-streaming 0.15.3; each was
+seen failing in the fault suite, docs/reliability.md#exactly-once-on-apache-kafka):
 
 1. **Where records go.** ``TransactionManager.send`` picks the transaction from
    the *destination* topic's partition group, and the recommendations and
@@ -20,13 +21,21 @@ are handled here (faust-streaming 0.15.3):
    while it processes a batch, hands its changelog records to the transactional
    producers (:meth:`DeliveryTrackedTable.publish_held`) and acks it; a commit
    takes the same lock, so it always falls between two batches.
-3. **Recovery that ends by timeout.** A transactional changelog ends with a
-   commit marker, an offset no record has, so Faust's recovery never sees the
-   end offset and finishes only after two idle 5-second polls, and never while
+3. **Recovery that ends by timeout, or skips.** A transactional changelog ends
+   with a commit marker, an offset no record has, so Faust's recovery never sees
+   the end offset and finishes only after two idle 5-second polls, and never while
    standby partitions keep receiving records. :class:`EosRecovery` counts a
    partition as recovered once the consumer's position is past the log end and
-   every record it handed out was applied.
-4. **RocksDB is not transactional.** A crash leaves local writes whose
+   every record it handed out was applied. (The changelog ends themselves come
+   from ``ListOffsets`` with ``read_committed``: Faust's ``last_stable_offset()``
+   is None before the first Fetch, and recovery then skipped an unread changelog.)
+4. **Producers after a rebalance.** :class:`StreamrecTransactionManager` keeps a
+   transactional producer for exactly the active partitions.
+5. **Nothing committed at a revocation.**
+   ``StreamrecConsumer.commit_before_rebalance`` commits every processed click
+   when partitions are revoked, and no batch is processed until the new
+   assignment.
+6. **RocksDB is not transactional.** A crash leaves local writes whose
    transaction was aborted. As Kafka Streams does under exactly-once, the local
    state is dropped after an unclean stop (:func:`prepare_state_dir`) and
    rebuilt from the committed changelog.
@@ -89,11 +98,12 @@ class StreamrecTransactionManager(TransactionManager):
     ``Can't send messages while not in transaction``. Here every producer whose
     partition is not active now is stopped (its open transaction, if any, is
     aborted by the next owner's ``InitProducerId``); a transaction is begun on
-    the others unless one is open. The revocation before this commits every
-    processed click (``StreamrecConsumer.wait_empty``): a kept partition is sought
-    back to its committed offset after a rebalance, and a click processed but not
-    committed would have been processed again into the same open transaction,
-    and both lists committed.
+    the others unless one is open. A kept producer's transaction holds no
+    processed click here: the revocation committed them all
+    (``StreamrecConsumer.commit_before_rebalance``), since a kept partition is
+    sought back to its committed offset after a rebalance, and a click processed
+    but not committed would be processed again into the same open transaction,
+    both lists committed.
     """
 
     async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
@@ -107,7 +117,8 @@ class StreamrecTransactionManager(TransactionManager):
                 await producer.stop_transaction(tid)
         for tid in sorted(wanted):
             kept = producers.get(tid)
-            # the revocation committed and ended the kept ones (StreamrecConsumer.wait_empty)
+            # kept ones normally have a transaction open (the pre-rebalance commit began one);
+            # one ended by a commit with start_new_transaction=False is begun again
             if kept is None or not kept._txn_manager.is_in_transaction():
                 await producer.maybe_begin_transaction(tid)
 

@@ -51,10 +51,13 @@
    from ``ListOffsets`` with ``read_committed`` (Faust reads a last stable
    offset that is None before the first Fetch, and recovery then skipped the
    changelog), the log ends each fetch reached (for
-   :class:`stream_app.worker.transactions.EosRecovery`), and commits that wait
-   for the batch in progress (``commit_gate``).
+   :class:`stream_app.worker.transactions.EosRecovery`), commits that wait for
+   the batch in progress (``commit_gate``), a commit of every processed click
+   when partitions are revoked (``commit_before_rebalance``), and Faust's
+   transaction manager replaced by
+   :class:`stream_app.worker.transactions.StreamrecTransactionManager`.
 
-Producers are Faust's, untouched.
+The producers themselves are Faust's.
 """
 
 from __future__ import annotations
@@ -350,6 +353,8 @@ class StreamrecConsumer(Consumer):
         the acked offsets are committed with their transactions (the group coordinator
         takes them: the member has not rejoined yet), and :attr:`revoking` makes
         the agent drop batches (unacked: they are fetched again) until the assignment.
+        This is the tail of Faust's ``_commit_offsets`` without its assignment filter,
+        which would discard every offset at this point.
         """
         async with self.commit_gate:
             self.revoking = True
@@ -358,6 +363,7 @@ class StreamrecConsumer(Consumer):
                 await self.transactions.commit(offsets, start_new_transaction=True)
                 self._committed_offset.update(offsets)
                 self.app.tables.on_commit(offsets)
+                self.app.monitor.on_tp_commit(offsets)
 
     def forget(self, events: Iterable[Any]) -> None:
         """Exactly-once: events the agent dropped unprocessed; no stop or revocation waits for their acks."""

@@ -9,6 +9,7 @@ n-th click of each user going to wave n, and each wave is one batched step.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -174,7 +175,15 @@ class Recommender:
         self._popular = (pop.values.tolist(), pop.indices.tolist())
 
     def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
-        """Apply a micro-batch in order; one batched model call per wave and action."""
+        """Apply a micro-batch in order: the recurrent steps wave by wave, then one ranker call for all.
+
+        A user's n-th click of the batch is stepped from the state its (n-1)-th left;
+        the lists do not feed the steps, so every click of the batch is scored in one
+        batched call after the last wave (with several clicks per user in a batch,
+        one call of B rows instead of one small call per wave). What a list feeds,
+        the next click's online rank and the ``served`` items of the state, is
+        filled in afterwards in batch order.
+        """
         waves: list[list[int]] = []
         seen: dict[str, int] = {}
         for i, inc in enumerate(batch):
@@ -187,12 +196,16 @@ class Recommender:
         current: dict[str, tuple[UserState | None, str | None]] = {}
         for inc in batch:
             if inc.click.user_id not in current:
-                prior, reason = load_prior(inc.state_blob, self.model_version)
-                current[inc.click.user_id] = (prior, reason)
+                current[inc.click.user_id] = load_prior(inc.state_blob, self.model_version)
 
-        outcomes: list[Outcome | None] = [None] * len(batch)
+        n_rows = len(batch)
+        plans: list[Plan] = [None] * n_rows  # type: ignore[list-item]
+        hidden: list[np.ndarray | None] = [None] * n_rows
+        states: list[UserState | None] = [None] * n_rows  # after the click, ``served`` still to fill
+        previous: list[int | None] = [None] * n_rows  # the user's last applied click earlier in this batch
+        last_applied: dict[str, int] = {}
         for wave in waves:
-            plans = []
+            wave_plans = []
             for i in wave:
                 inc = batch[i]
                 prior, load_reason = current[inc.click.user_id]
@@ -200,78 +213,89 @@ class Recommender:
                 plan = plan_click(prior, inc.click, inc.source, item, self.policy)
                 if load_reason is not None and plan.reset_reason is None:
                     plan = Plan(plan.action, plan.start, plan.item, load_reason, plan.replayed, plan.online_rank)
-                plans.append(plan)
-            hidden, top = self._run(plans)  # (W, S) | None per row, top k per row
-            top_scores, top_items = top.values, top.indices
-            for row, i in enumerate(wave):
-                inc, plan = batch[i], plans[row]
-                items = top_items[row]
-                strategy = "popularity" if plan.action is Action.POPULAR else "model"
-                rec = Recommendation(
-                    user_id=inc.click.user_id,
-                    items=tuple(self.item_ids[j] for j in items),
-                    scores=tuple(float(s) for s in top_scores[row]),
-                    model_version=self.model_version,
-                    strategy=strategy,
-                    source=inc.source,
-                    click_ts=inc.click.ts,
-                    produced_ts=now,
-                    replayed=plan.replayed,
-                )
-                if plan.replayed:
-                    blob = None
+                wave_plans.append(plan)
+            for i, plan, h in zip(wave, wave_plans, self._step(wave_plans)):
+                inc = batch[i]
+                user = inc.click.user_id
+                plans[i], hidden[i] = plan, h
+                previous[i] = last_applied.get(user)
+                if not plan.replayed:
+                    states[i] = next_state(plan, inc.click, inc.source, h, (), self.model_version, self.policy, now)
+                    current[user] = (states[i], None)
+                    last_applied[user] = i
                 else:
-                    state = next_state(plan, inc.click, inc.source, hidden[row], items,
-                                       self.model_version, self.policy, now)
-                    blob = encode(state)
-                    current[inc.click.user_id] = (state, None)
-                outcomes[i] = Outcome(
-                    state_blob=blob,
-                    recommendation=rec,
-                    reset_reason=plan.reset_reason,
-                    unknown_item=plan.item is None and not plan.replayed,
-                    replayed=plan.replayed,
-                    online_rank=plan.online_rank,
-                )
-                current[inc.click.user_id] = (current[inc.click.user_id][0], None)
-        return [o for o in outcomes if o is not None]
+                    current[user] = (current[user][0], None)
 
-    def _run(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], TopK]:
-        """Batched step for STEP rows, ranked with SCORE rows in one ranker call; popularity for the rest."""
-        n_rows = len(plans)
-        hidden: list[np.ndarray | None] = [None] * n_rows
-        values: list[list[float]] = [[] for _ in range(n_rows)]
-        indices: list[list[int]] = [[] for _ in range(n_rows)]
-        exclude = [self._excluded(p) for p in plans]
+        top = self._rank(plans, hidden)
+        outcomes: list[Outcome] = []
+        for i, inc in enumerate(batch):
+            plan, items = plans[i], top.indices[i]
+            online_rank = plan.online_rank
+            j = previous[i]
+            if j is not None and not plan.replayed and plan.item is not None and top.indices[j]:
+                served = top.indices[j][:ONLINE_K]  # the list this user was served one click ago
+                online_rank = served.index(plan.item) + 1 if plan.item in served else 0
+            rec = Recommendation(
+                user_id=inc.click.user_id,
+                items=tuple(self.item_ids[j] for j in items),
+                scores=tuple(float(s) for s in top.values[i]),
+                model_version=self.model_version,
+                strategy="popularity" if plan.action is Action.POPULAR else "model",
+                source=inc.source,
+                click_ts=inc.click.ts,
+                produced_ts=now,
+                replayed=plan.replayed,
+            )
+            state = states[i]
+            blob = None if state is None else encode(dataclasses.replace(state, served=tuple(items[:ONLINE_K])))
+            outcomes.append(Outcome(
+                state_blob=blob,
+                recommendation=rec,
+                reset_reason=plan.reset_reason,
+                unknown_item=plan.item is None and not plan.replayed,
+                replayed=plan.replayed,
+                online_rank=online_rank,
+            ))
+        return outcomes
+
+    def _step(self, plans: Sequence[Plan]) -> list[np.ndarray | None]:
+        """The hidden state each click leaves: one batched step for STEP rows, the start state for SCORE rows."""
+        hidden: list[np.ndarray | None] = [None] * len(plans)
         step_rows = [r for r, p in enumerate(plans) if p.action is Action.STEP]
-        score_rows = [r for r, p in enumerate(plans) if p.action is Action.SCORE]
-        states: list[torch.Tensor] = []
-        with torch.inference_mode():
-            if step_rows:
+        for r, p in enumerate(plans):
+            if p.action is Action.SCORE:
+                hidden[r] = p.start.hidden if p.start is not None else None
+        if step_rows:
+            with torch.inference_mode():
                 h0 = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in step_rows]))  # (B, S)
                 items = torch.tensor([plans[r].item for r in step_rows], dtype=torch.long)  # (B,)
                 h1, _ = self.model.advance(h0, self.model.input_table()[items])  # (B, S)
                 h1_np = h1.numpy()
-                for j, r in enumerate(step_rows):
-                    hidden[r] = h1_np[j].copy()
-                states.append(h1)
-            if score_rows:
-                states.append(torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in score_rows])))  # (B, S)
-                for r in score_rows:
-                    hidden[r] = plans[r].start.hidden if plans[r].start is not None else None
-            model_rows = step_rows + score_rows
-            if model_rows:
-                state = states[0] if len(states) == 1 else torch.cat(states)  # (B, S)
+            for j, r in enumerate(step_rows):
+                hidden[r] = h1_np[j].copy()
+        return hidden
+
+    def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None]) -> TopK:
+        """One ranker call for every STEP and SCORE row (from its hidden state); popularity for the rest."""
+        n_rows = len(plans)
+        values: list[list[float]] = [[] for _ in range(n_rows)]
+        indices: list[list[int]] = [[] for _ in range(n_rows)]
+        exclude = [self._excluded(p) for p in plans]
+        model_rows = [r for r, p in enumerate(plans) if p.action is not Action.POPULAR]
+        if model_rows:
+            with torch.inference_mode():
+                state = torch.from_numpy(np.stack([hidden[r] if hidden[r] is not None else self._hidden_of(plans[r])
+                                                   for r in model_rows]))  # (B, S)
                 top = self.ranker.top_k(self.model.output_vector(state), self.k,  # (B, H)
                                         [exclude[r] for r in model_rows])
-                for j, r in enumerate(model_rows):
-                    values[r], indices[r] = top.values[j], top.indices[j]
+            for j, r in enumerate(model_rows):
+                values[r], indices[r] = top.values[j], top.indices[j]
         pop_values, pop_items = self._popular
         for r, p in enumerate(plans):
             if p.action is Action.POPULAR:
                 keep = [j for j, i in enumerate(pop_items) if i not in exclude[r]][: self.k]
                 values[r], indices[r] = [pop_values[j] for j in keep], [pop_items[j] for j in keep]
-        return hidden, TopK(values, indices)
+        return TopK(values, indices)
 
     def _hidden_of(self, plan: Plan) -> np.ndarray:
         if plan.start is not None and plan.start.hidden is not None:

@@ -49,6 +49,36 @@ def test_exact_ranker_equals_full_scoring_with_masks() -> None:
         assert not set(got.indices[r]) & exclude[r]
 
 
+@pytest.mark.parametrize("n_items,bias", [(4000, True), (4097, True), (5000, False)])
+def test_grouped_exact_top_k_is_the_full_top_k(n_items: int, bias: bool) -> None:
+    """Chunked products and group maxima give the lists of one product and one topk, masks included."""
+    model = clustered_model(n_items)
+    out_bias = model.out_bias if bias else None
+    ranker = ExactRanker(model.out_emb, out_bias, chunk=256, group=16)
+    assert ranker._chunks  # the grouped path is taken
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(37, 16, generator=g)
+    # the best items of a row masked: the next ones must come from other groups
+    best = ExactRanker(model.out_emb, out_bias, chunk=0).full_top_k(q, 40, [set()] * 37).indices
+    exclude = [set(best[r][: r % 40]) | {int(i) for i in torch.randint(0, n_items, (r % 7,), generator=g)}
+               for r in range(37)]
+    for k in (1, 20, 33):
+        got = ranker.top_k(q, k, exclude)
+        want = ranker.full_top_k(q, k, exclude)
+        assert got.indices == want.indices
+        np.testing.assert_allclose(np.array(got.values), np.array(want.values), rtol=1e-5, atol=1e-5)
+        assert all(len(row) == k and not set(row) & exclude[r] and max(row) < n_items
+                   for r, row in enumerate(got.indices))
+
+
+def test_grouped_top_k_reuses_its_buffer_across_batch_sizes() -> None:
+    model = clustered_model(4096)
+    ranker = ExactRanker(model.out_emb, model.out_bias, chunk=256, group=16)
+    for n in (1, 5, 1, 5):
+        q = torch.randn(n, 16)
+        assert ranker.top_k(q, 20, [set()] * n).indices == ranker.full_top_k(q, 20, [set()] * n).indices
+
+
 def test_masked_top_k_drops_the_masked_tail_of_a_tiny_catalogue() -> None:
     top = masked_top_k(torch.tensor([[0.3, 0.2, 0.1]]), 3, [{0, 2}])
     assert top.indices == [[1]] and top.values == [[pytest.approx(0.2)]]

@@ -152,15 +152,22 @@ def test_large_batch_of_many_same_user_clicks_equals_click_by_click(ckpt) -> Non
         clicks.append((user, item, ts))
     seq_rec, batch_rec = make_rec(ckpt, k=10), make_rec(ckpt, k=10)
     store: dict[str, bytes] = {}
-    seq_lists = []
-    for off, (u, i, t) in enumerate(clicks):
+    offsets = list(range(256))
+    offsets[100] = offsets[99]  # a replayed click inside the batch (same partition and offset)
+    if clicks[100][0] != clicks[99][0]:
+        clicks[100] = (clicks[99][0],) + clicks[100][1:]
+    seq_lists, seq_extra = [], []
+    for off, (u, i, t) in zip(offsets, clicks):
         out = seq_rec.process([inc(u, i, t, off, store.get(u))], now=t)[0]
         seq_lists.append(out.recommendation.items)
+        seq_extra.append((out.online_rank, out.reset_reason, out.replayed, out.unknown_item))
         if out.state_blob is not None:
             store[u] = out.state_blob
-    outs = batch_rec.process([inc(u, i, t, off) for off, (u, i, t) in enumerate(clicks)], now=ts)
+    outs = batch_rec.process([inc(u, i, t, off) for off, (u, i, t) in zip(offsets, clicks)], now=ts)
     assert [o.recommendation.user_id for o in outs] == [u for u, _, _ in clicks]
     assert [o.recommendation.items for o in outs] == seq_lists
+    assert [(o.online_rank, o.reset_reason, o.replayed, o.unknown_item) for o in outs] == seq_extra
+    assert outs[100].replayed and sum(r is not None and r > 0 for r, *_ in seq_extra) > 0
     last: dict[str, bytes] = {}
     for (u, _, _), o in zip(clicks, outs):
         if o.state_blob is not None:

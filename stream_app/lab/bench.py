@@ -35,8 +35,10 @@ from stream_app.lab.bench_data import (
     diginetica_clicks,
     ensure_diginetica_model,
     ensure_synthetic_model,
+    scoring_agreement,
     synthetic_clicks,
 )
+from stream_app.lab.scaleout import scale_out
 from stream_app.lab.benchkit import (
     WARMUP_MS,
     Child,
@@ -150,6 +152,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     summary: dict[str, Any] = {"quick": bool(args.quick), "cpus": os.cpu_count()}
     digi_msgs = diginetica_clicks(data, prof.clicks)
+    scoring = scoring_agreement(digi_model, digi_msgs, prof.recall_queries)
+    print(f"[bench] exact scoring on the diginetica model: {scoring['identical_lists']:.2%} of "
+          f"{scoring['queries']:,} top-20 lists identical to one full float32 product and topk; Recall@20 "
+          f"{scoring['default']['recall_at_20']} vs {scoring['reference']['recall_at_20']}, MRR@20 "
+          f"{scoring['default']['mrr_at_20']} vs {scoring['reference']['mrr_at_20']}; "
+          f"{scoring['default_ms_per_click']} vs {scoring['reference_ms_per_click']} ms per click at batch "
+          f"{scoring['batch']} ({scoring['speedup']}x)", flush=True)
     recall_43k = ann_recall(digi_model, digi_msgs, prof.recall_queries, work)
     print(f"[bench] ANN recall@20 on the diginetica model ({recall_43k['items']:,} items): "
           f"{recall_43k['recall_at_20']}", flush=True)
@@ -178,6 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             guarantees = {base.worker.processing_guarantee: results["diginetica"]["worker"],
                           other: run_system("worker", base, digi_model, work, broker_pid, digi_msgs, [], 0.0, 0.0,
                                             {"worker": {"processing_guarantee": other}})}
+        scaling = scale_out(base, digi_model, work, broker_pid, digi_msgs)
         if synth_model is not None:
             ann = {"model": {"index": "ann", "ann_cache_dir": str(work / "ann")}}
             results["synthetic"] = catalogue_runs(
@@ -209,6 +219,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "ann_recall_at_20": (recall_1m if recall_1m and recall_1m["recall_at_20"] is not None
                              else recall_43k)["recall_at_20"],
         "ann_recall_at_20_diginetica": recall_43k["recall_at_20"],
+        "exact_identical_lists": scoring["identical_lists"],
+        "scoring": scoring,
+        "scale_out": scaling,
+        "cpu_s_per_1k_per_worker_one": scaling["1"]["cpu_s_per_1k_per_worker"][0],
+        "cpu_s_per_1k_per_worker_two": scaling["2"]["cpu_s_per_1k_per_worker"],
         "ann": {"diginetica": recall_43k, "synthetic": recall_1m},
         "runs": {cat: {k: vars(r) for k, r in runs.items()} for cat, runs in results.items()},
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -17,7 +17,8 @@ from stream_app.lab.bench import default_data_dir
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KEYS = {"ceiling_events_per_s", "worker_events_per_s", "naive_events_per_s", "worker_over_ceiling",
-        "worker_over_naive", "worker_p99_ms_half_rate", "ann_recall_at_20"}
+        "worker_over_naive", "worker_p99_ms_half_rate", "ann_recall_at_20", "exact_identical_lists",
+        "cpu_s_per_1k_per_worker_one", "cpu_s_per_1k_per_worker_two"}
 
 
 def test_bench_tiny_prints_the_json_keys(small_checkpoint: Path, tmp_path: Path) -> None:
@@ -31,3 +32,6 @@ def test_bench_tiny_prints_the_json_keys(small_checkpoint: Path, tmp_path: Path)
     assert KEYS <= set(summary), sorted(KEYS - set(summary))
     assert summary["worker_events_per_s"] > 0 and 0.0 <= summary["ann_recall_at_20"] <= 1.0
     assert set(summary["runs"]) == {"diginetica", "synthetic"}
+    assert 0.0 <= summary["exact_identical_lists"] <= 1.0
+    two = summary["scale_out"]["2"]
+    assert two["workers"] == 2 and len(two["clicks_per_worker"]) == 2 and len(summary["cpu_s_per_1k_per_worker_two"]) == 2

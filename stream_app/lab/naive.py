@@ -67,6 +67,7 @@ def attach_naive(wiring: Any, settings: Settings) -> None:
             state = UserState(ckpt.version, hidden, click.ts, msg.partition, msg.offset, now, recent,
                               tuple(items[:20]))
             wiring.table[event.key] = encode(state)
+            await wiring.table.publish_held()  # the app's table holds its changelog records for the caller
             rec = Recommendation(click.user_id, tuple(item_ids[i] for i in items), tuple(scores), ckpt.version,
                                  "model" if hidden is not None else "popularity",
                                  Source(msg.topic, msg.partition, msg.offset, float(msg.timestamp or now)),

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Any
 
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
-from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream_app.worker import openapi
 from stream_app.worker.auth import package_version, requires_token
 from stream_app.worker.app import Wiring
 from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
+from stream_app.worker.produce import Record
 from stream_app.worker.transactions import Outbox
 from stream_app.errors import InvalidClick
 from stream_app.worker.metrics import Metrics
@@ -33,16 +32,6 @@ from stream_app.core.validate import decode_click
 
 
 log = logging.getLogger("streamrec.agents")
-
-
-def set_current_event(event: Any) -> None:
-    """Make ``event`` current for table reads and writes in this task only.
-
-    Only the context variable: ``Stream._set_current_event`` also sets
-    ``stream.current_event``, which the take buffer reads from another task, so
-    it would buffer one event twice and lose the next.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 class Shell:
@@ -102,7 +91,7 @@ class Shell:
         return delivered
 
     async def handle(self, stream: Any, events: list[Any]) -> list[Any]:
-        """One micro-batch: validate, one core call, then per event: write state, send list.
+        """One micro-batch: validate, one core call, write the states, send lists and changelog as producer batches.
 
         Returns the delivery futures of every record the batch produced (dead
         letters, state changelog, lists): the batch is acked once they are done.
@@ -123,30 +112,28 @@ class Shell:
             except InvalidClick as error:
                 delivered.append(await self.dead_letter(event, error))
                 continue
-            set_current_event(event)  # the RocksDB store reads from the current event's partition too
-            blob = self.w.table.get(event.key)
+            blob = self.w.table.read(msg.partition, event.key)  # the click partition's RocksDB database
             source = Source(msg.topic, msg.partition, msg.offset, float(msg.timestamp or now))
             valid.append((event, Incoming(click, source, blob)))
         if not valid:
             return delivered
         outcomes = await self._process_safely(valid, now, delivered)
-        topic, send = self.s.topics.recommendations, self.outbox.send
+        topic, table = self.s.topics.recommendations, self.w.table
+        lists: list[tuple[Record, tuple[str, int]]] = []
         for (event, inc), out in zip(valid, outcomes):
             if out is None:
                 continue
-            # Faust writes a table key to the partition of the *current* event.
-            set_current_event(event)
-            if out.state_blob is not None:
-                self.w.table[event.key] = out.state_blob
+            msg = event.message
+            if out.state_blob is not None:  # the changelog partition is the click's, as Faust writes it
+                table.write(msg.partition, event.key, out.state_blob)
                 self.m.state_bytes.observe(len(out.state_blob))
-            # straight to the producer: Topic.send's per-message Faust bookkeeping cost
-            # more than the send itself (docs/performance.md)
-            delivered.append(await send(topic, event.key, out.recommendation.to_json(), None,
-                                        (event.message.topic, event.message.partition)))
-            self._count(out, inc, event.message.time_in)
+            lists.append((Record(topic, None, event.key, out.recommendation.to_json()), (msg.topic, msg.partition)))
+            self._count(out, inc, msg.time_in)
+        # one producer batch per partition (stream_app/worker/produce.py), lists then changelog records
+        delivered.extend(await self.w.sender.send(lists))
+        delivered.extend(await table.publish_held(self.w.sender))
         self.last_click_ts = max(self.last_click_ts, max(inc.source.timestamp for _, inc in valid))
         self.m.processing.observe(time.perf_counter() - started)
-        delivered.extend(await self.w.table.publish_held())
         return delivered
 
     async def handle_in_transaction(self, stream: Any, events: list[Any]) -> None:
@@ -250,7 +237,7 @@ class Shell:
                 continue  # clicked since the scan
             db.delete(key)
             store._key_index.pop(key, None)
-            self.w.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
+            self.w.table.hold_tombstone(partition, key)
             removed += 1
         if removed:
             self.m.state_resets.labels("ttl").inc(removed)
@@ -259,10 +246,10 @@ class Shell:
     async def _publish_held(self) -> None:
         """The tombstones of a sweep to the producer (exactly-once: into their partitions' transactions)."""
         if not self.s.worker.exactly_once:
-            await self.w.table.publish_held()
+            await self.w.table.publish_held(self.w.sender)
             return
         async with self.w.app.consumer.commit_gate:
-            await self.w.table.publish_held()
+            await self.w.table.publish_held(self.w.sender)
 
     async def expire_idle_users(self, chunk: int = 2000) -> int:
         """One sweep over the owned partitions, ``chunk`` keys at a time so clicks keep flowing.

@@ -20,6 +20,7 @@ class Wiring:
     clicks: Any
     recommendations: Any
     table: Any
+    sender: Any  # stream_app.worker.produce.BatchSender: the agent's lists and changelog records
 
 
 class DeliveryTrackedTable(faust.Table):
@@ -31,16 +32,19 @@ class DeliveryTrackedTable(faust.Table):
     could be committed while the state written for it was still in the buffer, and
     a SIGKILL then lost it (the faust-streaming #606 class of bug). Under
     exactly-once the background task could also hand a record to the producer after
-    the commit that should have covered it. Here the records are held by
-    ``send_changelog`` and published by the agent with its batch
-    (:meth:`publish_held`); at least once, the batch's clicks are acked once these
-    futures are done (``stream_app.worker.batching.DeliveryAcks``). Publishing them
-    in the agent also costs less CPU than the buffer's task and its per-record event
-    (docs/performance.md).
+    the commit that should have covered it. Here the records are held and
+    published by the agent with its batch (:meth:`publish_held`); at least once, the
+    batch's clicks are acked once these futures are done
+    (``stream_app.worker.batching.DeliveryAcks``). The agent reads and writes the
+    store of the click's partition directly (:meth:`read`, :meth:`write`: what
+    ``table.get`` and ``table[key] = value`` do for an event of that partition) and
+    its changelog records leave as one producer batch per partition; both cost less
+    CPU than Faust's per-call path (docs/performance.md).
     """
 
     def send_changelog(self, partition: Any, key: Any, value: Any, key_serializer: Any = None,
                        value_serializer: Any = None) -> Any:
+        """Faust's own callers (``table[key] = value``): a held FutureMessage, published one by one."""
         fut = self.changelog_topic.as_future_message(
             key=key, value=value, partition=partition,
             key_serializer=key_serializer or self.key_serializer,
@@ -49,13 +53,55 @@ class DeliveryTrackedTable(faust.Table):
         self.__dict__.setdefault("_held", []).append(fut)
         return fut
 
-    async def publish_held(self) -> list[Any]:
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        """The stored bytes of ``key`` from the RocksDB database of the click's ``partition``.
+
+        What ``table.get(key)`` finds for an event of that partition, without Faust's
+        per-call lookups (and without its search of every other partition's
+        database when the user is new: a user's state only ever lives in its click
+        partition, the changelog partition Faust writes it to)."""
+        return self.data._db_for_partition(partition).get(key)
+
+    def write(self, partition: int, key: bytes, value: bytes) -> None:
+        """What ``table[key] = value`` does for an event of ``partition``: the RocksDB put, and the
+        changelog record held for :meth:`publish_held`."""
+        store = self.data
+        store._key_index[key] = partition
+        store._db_for_partition(partition).put(key, value)
+        self.__dict__.setdefault("_raw_held", []).append((partition, key, value))
+
+    def hold_tombstone(self, partition: int, key: bytes) -> None:
+        """A deleted user's changelog tombstone, held for :meth:`publish_held`."""
+        self.__dict__.setdefault("_raw_held", []).append((partition, key, None))
+
+    async def publish_held(self, sender: Any = None) -> list[Any]:
         """Hand the held changelog records to the producer (under exactly-once, to their partition's
-        transactional one); returns their delivery futures."""
+        transactional one); returns their delivery futures. The agent's records go as one batch per
+        partition through ``sender`` (stream_app/worker/produce.py); after each batch is written the
+        offset of its last record is persisted as Faust's ``_on_changelog_sent`` does per record."""
         held, self.__dict__["_held"] = self.__dict__.get("_held", []), []
         for fut in held:
             await self.changelog_topic.publish_message(fut, wait=False)
-        return held
+        raw, self.__dict__["_raw_held"] = self.__dict__.get("_raw_held", []), []
+        if not raw:
+            return held
+        from stream_app.worker.produce import Record
+
+        topic = self.changelog_topic.get_topic_name()
+        futures = await sender.send(((Record(topic, p, k, v), (topic, p)) for p, k, v in raw), self._on_batch_sent)
+        return held + futures
+
+    def _on_batch_sent(self, topic: str, partition: int, count: int, fut: Any) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the batch's clicks are not acked (at least once) or not committed (exactly once)
+        res = fut.result()
+        if res is None:
+            return
+        last = res.offset + count - 1
+        if self.app.in_transaction:
+            self.app.tables.persist_offset_on_commit(self.data, res.topic_partition, last)
+        else:
+            self.data.set_persisted_offset(res.topic_partition, last)
 
 
 def _credentials(settings: Settings) -> Any:
@@ -163,4 +209,8 @@ def build(settings: Settings) -> Wiring:
     table.value_serializer = "raw"
     if settings.worker.exactly_once:
         install_recovery(app)
-    return Wiring(app, clicks, recommendations, table)
+    from stream_app.worker.produce import BatchSender
+    from stream_app.worker.transactions import Outbox
+
+    tids = Outbox(app, True).transactional_id if settings.worker.exactly_once else None
+    return Wiring(app, clicks, recommendations, table, BatchSender(app, tids))

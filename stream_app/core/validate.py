@@ -8,7 +8,9 @@ more than ``max_future_skew_s`` ahead of the worker's clock; ``event_type``
 optional string; duplicate keys are rejected. Times in the past are accepted
 (replays of history are legitimate).
 
-Parsing is orjson's (about 6x the standard library's ``json.loads`` on a click).
+Parsing is orjson's: on a bench click the fast path below takes 4.3 µs against
+7.8 µs for ``json.loads`` with the duplicate-key hook (``python -m timeit``,
+2026-12-02, 2-core VM; orjson's parse alone is 0.6 µs, the rest is the checks).
 orjson has no hook to see duplicate keys, so a payload takes the fast path only
 when it is proven to have none: no backslash in it (every key is then its own
 literal bytes) and each decoded key found exactly once as ``"key"`` in the raw

@@ -21,13 +21,9 @@ from stream_app.lab.benchkit import Child, _read_all, cpu_seconds, fresh_setting
 
 def clicks_consumed(child: Child) -> float:
     """The worker's own count of click messages read (its Prometheus page)."""
-    from stream_app.lab.harness import http_get
+    from stream_app.lab.harness import parse_metrics
 
-    _, body = http_get(child.worker.base_url + "/metrics", timeout=5.0)
-    for line in body.decode().splitlines():
-        if line.startswith("streamrec_clicks_consumed_total "):
-            return float(line.split()[1])
-    return 0.0
+    return parse_metrics(child.worker.metrics()).get("streamrec_clicks_consumed_total", 0.0)
 
 
 def all_ready(children: list[Child], timeout_s: float = 120.0) -> None:

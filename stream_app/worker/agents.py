@@ -16,7 +16,6 @@ from stream_app.worker.auth import package_version, requires_token
 from stream_app.worker.app import Wiring
 from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
 from stream_app.worker.produce import Record
-from stream_app.worker.transactions import Outbox
 from stream_app.errors import InvalidClick
 from stream_app.worker.metrics import Metrics
 from stream_app.core.recommender import Incoming, Recommender
@@ -49,7 +48,7 @@ class Shell:
         self._rebalance_started: float | None = None
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
-        self.outbox = Outbox(wiring.app, settings.worker.exactly_once)
+        self.outbox = wiring.outbox
 
     # -- the per-batch path --------------------------------------------------
 

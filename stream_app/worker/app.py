@@ -20,6 +20,7 @@ class Wiring:
     clicks: Any
     recommendations: Any
     table: Any
+    outbox: Any  # stream_app.worker.transactions.Outbox: the dead letters, record by record
     sender: Any  # stream_app.worker.produce.BatchSender: the agent's lists and changelog records
 
 
@@ -212,5 +213,6 @@ def build(settings: Settings) -> Wiring:
     from stream_app.worker.produce import BatchSender
     from stream_app.worker.transactions import Outbox
 
-    tids = Outbox(app, True).transactional_id if settings.worker.exactly_once else None
-    return Wiring(app, clicks, recommendations, table, BatchSender(app, tids))
+    outbox = Outbox(app, settings.worker.exactly_once)
+    sender = BatchSender(app, outbox.transactional_id if outbox.exactly_once else None)
+    return Wiring(app, clicks, recommendations, table, outbox, sender)

@@ -30,12 +30,18 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """A loaded model plus what the stream worker needs to map ids and fall back to popularity."""
+    """A loaded model plus what the stream worker needs to map ids and fall back to popularity.
+
+    ``model`` is what serves: with item attributes, their pooled vectors are
+    already added into its tables (``SessionRNN.folded``); ``network`` is the
+    network as trained (the same object when it has no attributes).
+    """
 
     model: SessionRNN
     item_ids: list[str]
     item_index: dict[str, int]
     version: str
+    network: SessionRNN | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     item_counts: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     _popular_order: Tensor | None = field(default=None, repr=False)
@@ -128,11 +134,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     for prm in model.parameters():
         prm.requires_grad_(False)
     state = {k: v for k, v in model.state_dict().items()}
+    version = weights_version(state, ids)
+    network = model
+    model = model.folded()  # attribute parts added into the id tables: the same outputs, plain serving
+    for prm in model.parameters():
+        prm.requires_grad_(False)
     return Checkpoint(
         model=model,
+        network=network,
         item_ids=ids,
         item_index={s: i for i, s in enumerate(ids)},
-        version=weights_version(state, ids),
+        version=version,
         meta=dict(data["meta"]),
         item_counts=counts,
     )

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.features import AttributePool
+
 CELLS: dict[str, int] = {"gru": 3, "lstm": 4, "rnn": 1}
 
 
@@ -44,12 +46,16 @@ class ModelConfig:
     dropout_emb: float = 0.0
     dropout_hidden: float = 0.0
     elu: float = 0.0  # >0: ELU(alpha=elu) on the final hidden output before scoring
+    attributes: int = 0  # attribute ids known to the network (0: items are ids only)
+    attribute_links: int = 0  # (item, attribute) pairs, the size of the CSR list (models/features.py)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; expected one of {sorted(CELLS)}")
         if self.n_items < 1 or self.hidden < 1 or self.layers < 1 or self.embedding < 0:
             raise ValueError(f"invalid model sizes in {self}")
+        if self.attributes < 0 or self.attribute_links < 0 or (self.attributes > 0) != (self.attribute_links > 0):
+            raise ValueError(f"invalid attribute sizes in {self}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able) for checkpoints."""
@@ -158,6 +164,14 @@ class SessionRNN(nn.Module):
         )
         self.drop_emb = nn.Dropout(c.dropout_emb)
         self.drop_hidden = nn.Dropout(c.dropout_hidden)
+        # Attributes: pooled vectors added to the id rows, output side (H) and, when the input table is
+        # its own, input side (its width); a constrained network uses the output pool on both sides.
+        self.attr_out: AttributePool | None = None
+        self.attr_in: AttributePool | None = None
+        if c.attributes > 0:
+            self.attr_out = AttributePool(c.attributes, c.attribute_links, c.n_items, c.hidden)
+            if self.in_emb is not None:
+                self.attr_in = AttributePool(c.attributes, c.attribute_links, c.n_items, int(self.in_emb.shape[1]))
 
     # ----------------------------------------------------------------- state
     @property
@@ -171,8 +185,44 @@ class SessionRNN(nn.Module):
 
     # ----------------------------------------------------------------- pieces
     def input_table(self) -> Tensor:
-        """The (N, E) table whose rows feed the first layer (the output table when constrained)."""
+        """The (N, E) id table whose rows feed the first layer (the output table when constrained)."""
         return self.out_emb if self.in_emb is None else self.in_emb
+
+    def input_pool(self) -> AttributePool | None:
+        """The attribute pool of the input side (the output pool when the tables are shared)."""
+        return self.attr_out if self.in_emb is None else self.attr_in
+
+    def input_vectors(self, items: Tensor) -> Tensor:
+        """First-layer inputs (..., E) of item indices (...): id row plus pooled attributes."""
+        x = self.input_table()[items]  # (..., E)
+        pool = self.input_pool()
+        if pool is None:
+            return x
+        return x + pool(items.reshape(-1)).reshape(x.shape)  # (..., E)
+
+    def output_table(self) -> Tensor:
+        """Output item vectors (N, H): id rows plus pooled attributes (computed, not cached)."""
+        return self.out_emb if self.attr_out is None else self.out_emb + self.attr_out.all()  # (N, H)
+
+    def folded(self) -> "SessionRNN":
+        """An attribute-free copy with the pooled parts added into its tables: same outputs, plain serving.
+
+        The worker, the evaluation and the rankers all read ``out_emb`` and
+        ``input_table()``; folding once at load time keeps attribute pooling
+        off every hot path.
+        """
+        if self.attr_out is None:
+            return self
+        cfg = ModelConfig.from_dict({**self.config.to_dict(), "attributes": 0, "attribute_links": 0})
+        plain = SessionRNN(cfg)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("attr_out.", "attr_in."))}
+        with torch.no_grad():
+            state["out_emb"] = self.output_table().detach().clone()  # (N, H)
+            if self.in_emb is not None and self.attr_in is not None:
+                state["in_emb"] = (self.in_emb + self.attr_in.all()).detach().clone()  # (N, E)
+        plain.load_state_dict(state, strict=True)
+        plain.train(self.training)
+        return plain
 
     def advance(self, state: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run all layers for one click from input vectors x (B, E). Returns (state (B,S), top h (B,H)).
@@ -206,23 +256,25 @@ class SessionRNN(nn.Module):
     def score(self, state: Tensor) -> Tensor:
         """Scores (B, N) of every item as the next click given states (B, S)."""
         h = self.output_vector(state)  # (B, H)
+        table = self.output_table()  # (N, H)
         if self.out_bias is None:
-            return h @ self.out_emb.t()  # (B, N)
-        return torch.addmm(self.out_bias, h, self.out_emb.t())  # (B, N)
+            return h @ table.t()  # (B, N)
+        return torch.addmm(self.out_bias, h, table.t())  # (B, N)
 
     def step(self, state: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """One click per row: (state (B,S), items (B,)) -> (new state (B,S), next-item scores (B,N)). Pure."""
-        x = self.drop_emb(self.input_table()[items])  # (B, E)
+        x = self.drop_emb(self.input_vectors(items))  # (B, E)
         new_state, h = self.advance(state, x)  # (B, S), (B, H)
         h = self.final(self.drop_hidden(h))  # (B, H)
-        scores = h @ self.out_emb.t() if self.out_bias is None else torch.addmm(self.out_bias, h, self.out_emb.t())  # (B, N)
+        table = self.output_table()  # (N, H)
+        scores = h @ table.t() if self.out_bias is None else torch.addmm(self.out_bias, h, table.t())  # (B, N)
         return new_state, scores
 
     def forward_sequence(self, items: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Whole sequences (T, B) -> (states (T, B, S), scores (T, B, N)); state defaults to zeros."""
         T, B = items.shape
         s = self.zero_state(B) if state is None else state  # (B, S)
-        xs = self.drop_emb(self.input_table()[items])  # (T, B, E)
+        xs = self.drop_emb(self.input_vectors(items))  # (T, B, E)
         states: list[Tensor] = []
         outs: list[Tensor] = []
         for t in range(T):
@@ -230,7 +282,7 @@ class SessionRNN(nn.Module):
             states.append(s)
             outs.append(h)
         hs = self.final(self.drop_hidden(torch.stack(outs)))  # (T, B, H)
-        scores = hs @ self.out_emb.t()  # (T, B, N)
+        scores = hs @ self.output_table().t()  # (T, B, N)
         if self.out_bias is not None:
             scores = scores + self.out_bias  # (T, B, N)
         return torch.stack(states), scores
@@ -240,7 +292,7 @@ class SessionRNN(nn.Module):
         return self.forward_sequence(items, state)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """The per-item tables (updated row-wise in training)."""
+        """The per-item tables (updated row-wise in training; the small attribute tables are dense)."""
         out = [self.out_emb]
         if self.out_bias is not None:
             out.append(self.out_bias)

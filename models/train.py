@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from models.data import Sessions, build_vocab, encode, read_tsv, session_parallel_epoch
 from models.evaluate import evaluate_scorer
+from models.features import ItemAttributes
 from models.losses import canonical_loss, get_loss
 from models.rnn import ModelConfig, SessionRNN, build_model
 
@@ -60,13 +61,19 @@ class TrainConfig:
     shuffle: bool = True
     patience: int = 2
     eps: float = 1e-6
+    attributes: bool = True  # use item attributes when the data has them (models/features.py)
+    attr_lr: float = 0.1  # learning rate of the attribute tables relative to lr
+    attr_aux: float = 0.0  # weight of the auxiliary loss: predict the next item's attributes from h
 
-    def model_config(self, n_items: int) -> ModelConfig:
-        """The architecture part of this configuration."""
+    def model_config(self, n_items: int, attributes: ItemAttributes | None = None) -> ModelConfig:
+        """The architecture part of this configuration (attribute sizes from the coded attributes, if any)."""
+        use = attributes is not None and self.attributes and len(attributes.flat) > 0
         return ModelConfig(
             n_items=n_items, hidden=self.hidden, layers=self.layers, cell=self.cell, embedding=self.embedding,
             constrained=self.constrained, output_bias=self.output_bias, dropout_emb=self.dropout_emb,
             dropout_hidden=self.dropout_hidden, elu=self.elu,
+            attributes=attributes.n_attributes if use else 0,  # type: ignore[union-attr]
+            attribute_links=len(attributes.flat) if use else 0,  # type: ignore[union-attr]
         )
 
     def updated(self, overrides: dict[str, Any]) -> "TrainConfig":
@@ -120,10 +127,10 @@ class RowAdagrad:
         self.vel = {id(p): torch.zeros_like(p) for p in dense + sparse} if momentum > 0 else {}
         self.dense = dense
 
-    def step_dense(self, lr: float) -> None:
-        """Update every dense parameter from its .grad (multi-tensor ops: one dispatch per op), then clear the grad."""
+    def step_dense(self, lr: float, params: list[Tensor] | None = None) -> None:
+        """Update dense parameters (default: all) from their .grad (multi-tensor ops: one dispatch per op), then clear the grads."""
         with torch.no_grad():
-            ps = [p for p in self.dense if p.grad is not None]
+            ps = [p for p in (self.dense if params is None else params) if p.grad is not None]
             if not ps:
                 return
             gs = [p.grad for p in ps]
@@ -195,25 +202,36 @@ def fit(
     valid: Sessions | None = None,
     progress: bool = True,
     log: Any = print,
+    attributes: ItemAttributes | None = None,
+    validator: Callable[[SessionRNN], dict[str, float]] | None = None,
 ) -> tuple[SessionRNN, dict[str, Any]]:
     """Train a fresh model on coded sessions; returns the model (eval mode) and a meta dict.
 
-    With ``valid`` the conservative Recall@20 is measured after each epoch; the
-    best epoch's weights are kept and training stops after ``patience`` epochs
-    without improvement.
+    With ``valid`` the conservative Recall@20 is measured after each epoch
+    (``validator`` instead: any function of the eval-mode, folded network that
+    returns metrics, the first one being the score); the best epoch's weights
+    are kept and training stops after ``patience`` epochs without improvement.
+    ``attributes`` (coded for the same items) adds pooled attribute vectors to
+    the item tables unless ``cfg.attributes`` is off.
     """
     from models.progress import progress as progress_bar
 
     n_items = len(counts)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg.model_config(n_items), seed=cfg.seed)
+    model = build_model(cfg.model_config(n_items, attributes), seed=cfg.seed)
+    for pool in (model.attr_out, model.attr_in):
+        if pool is not None:
+            pool.load_attributes(attributes)  # type: ignore[arg-type]
     model.train()
     loss_fn = get_loss(cfg.loss, cfg.bpreg)
     use_logq = cfg.logq > 0 and canonical_loss(cfg.loss) == "cross-entropy"
     sampler = NegativeSampler(counts, cfg.alpha, cfg.negatives, rng) if cfg.negatives > 0 else None
     logq_table = torch.as_tensor(np.log(np.maximum(sampler.prob if sampler else counts / counts.sum(), 1e-12)), dtype=torch.float32)  # (N,)
-    opt = RowAdagrad(model.dense_parameters(), model.sparse_parameters(), cfg.momentum, cfg.eps)
+    attr_params = [pool.weight for pool in (model.attr_out, model.attr_in) if pool is not None]
+    aux = model.attr_out if cfg.attr_aux > 0 else None
+    dense = [p for p in model.dense_parameters() if all(p is not a for a in attr_params)]
+    opt = RowAdagrad(dense, model.sparse_parameters() + attr_params, cfg.momentum, cfg.eps)
     n_usable = int((sessions.lengths >= 2).sum())
     if n_usable == 0:
         raise ValueError("no session with >= 2 clicks to train on")
@@ -245,14 +263,17 @@ def fit(
             # index_select (not fancy indexing): its backward is a cheap index_add
             if constrained:
                 rows, leaf, inv = _gather(model.out_emb, torch.cat([inp, out_idx]))
-                x, w = leaf.index_select(0, inv[:B]), leaf.index_select(0, inv[B:])  # (B, H), (B+M, H)
+                table = leaf if model.attr_out is None else leaf + model.attr_out(rows)  # (U, H)
+                x, w = table.index_select(0, inv[:B]), table.index_select(0, inv[B:])  # (B, H), (B+M, H)
                 out_inv = inv[B:]
                 in_rows = None
             else:
                 in_rows, in_leaf, in_inv = _gather(model.in_emb, inp)  # type: ignore[arg-type]
-                x = in_leaf.index_select(0, in_inv)  # (B, E)
+                in_table = in_leaf if model.attr_in is None else in_leaf + model.attr_in(in_rows)  # (U_in, E)
+                x = in_table.index_select(0, in_inv)  # (B, E)
                 rows, leaf, out_inv = _gather(model.out_emb, out_idx)
-                w = leaf.index_select(0, out_inv)  # (B+M, H)
+                table = leaf if model.attr_out is None else leaf + model.attr_out(rows)  # (U, H)
+                w = table.index_select(0, out_inv)  # (B+M, H)
             if model.out_bias is not None:  # same row set as the output table: no second unique()
                 b_rows, b_inv = rows, out_inv
                 b_leaf = model.out_bias.detach().index_select(0, rows).requires_grad_(True)  # (U,)
@@ -264,8 +285,15 @@ def fit(
             if use_logq:
                 logits = logits - cfg.logq * logq_table[out_idx]  # (B, B+M)
             loss = loss_fn(logits)
+            if aux is not None:  # the next item's attributes, predicted from the same h (one softmax over attributes)
+                want = aux.distribution(tgt)  # (B, A)
+                has = want.sum(dim=1)  # (B,) 0 for targets without attributes
+                logp = torch.log_softmax(h @ aux.weight.t(), dim=1)  # (B, A)
+                loss = loss + cfg.attr_aux * (-(want * logp).sum(dim=1) * has).sum() / has.sum().clamp(min=1.0)
             loss.backward()
             opt.step_dense(lr)
+            if attr_params:  # every step moves the shared attribute rows: a smaller rate keeps them from drifting
+                opt.step_dense(lr * cfg.attr_lr, attr_params)
             opt.step_rows(model.out_emb, rows, leaf.grad, lr)  # type: ignore[arg-type]
             if in_rows is not None:
                 opt.step_rows(model.in_emb, in_rows, in_leaf.grad, lr)  # type: ignore[arg-type]
@@ -284,12 +312,16 @@ def fit(
         ep_secs = time.perf_counter() - t_ep
         total_events += n_steps * B
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": ep_loss, "seconds": round(ep_secs, 3), "events": n_steps * B}
-        if valid is not None:
+        if valid is not None or validator is not None:
             model.eval()
-            vm = evaluate_scorer(model, valid, n_items, ks=(20,), batch_size=512)
+            if validator is not None:
+                vm = validator(model.folded())
+            else:
+                full = evaluate_scorer(model.folded(), valid, n_items, ks=(20,), batch_size=512)  # type: ignore[arg-type]
+                vm = {"recall@20": full["recall@20"], "mrr@20": full["mrr@20"]}
             model.train()
-            rec["valid_recall@20"], rec["valid_mrr@20"] = vm["recall@20"], vm["mrr@20"]
-            score = vm["recall@20"]
+            rec.update({f"valid_{k}": v for k, v in vm.items()})
+            score = next(iter(vm.values()))
             if best is None or score > best[0]:
                 best = (score, copy.deepcopy(model.state_dict()), epoch + 1)
                 bad_epochs = 0
@@ -298,10 +330,9 @@ def fit(
         epochs_meta.append(rec)
         if log is not None:
             msg = f"epoch {epoch + 1}: loss {ep_loss:.4f}  {n_steps * B / ep_secs:,.0f} events/s  {ep_secs:.1f}s"
-            if "valid_recall@20" in rec:
-                msg += f"  valid recall@20 {rec['valid_recall@20']:.4f} mrr@20 {rec['valid_mrr@20']:.4f}"
+            msg += "".join(f"  {k.replace('_', ' ')} {v:.4f}" for k, v in rec.items() if k.startswith("valid_"))
             log(msg)
-        if valid is not None and bad_epochs >= cfg.patience:
+        if (valid is not None or validator is not None) and bad_epochs >= cfg.patience:
             break
     if best is not None:
         model.load_state_dict(best[1])

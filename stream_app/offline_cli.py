@@ -72,16 +72,36 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """streamrec train TRAIN_TSV --out CKPT [overrides]."""
-    from models.train import train_file
+def _one_input(args: argparse.Namespace, positional: str, what: str) -> None:
+    """Exactly one of the click-log positional and --sequences."""
+    given = getattr(args, positional) is not None
+    if given == (args.sequences is not None):
+        raise ValueError(f"give either {what} or --sequences NAME.txt (the S3-Rec format), not both or neither")
+    if args.item_attributes and not args.sequences:
+        raise ValueError("--item-attributes goes with --sequences")
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """streamrec train TRAIN_TSV --out CKPT [overrides], or --sequences NAME.txt [--item-attributes F]."""
     _set_threads(args.threads)
+    _one_input(args, "train", "TRAIN_TSV")
     t0 = time.perf_counter()
-    _, meta = train_file(
-        args.train, args.out, preset=args.preset, overrides=_train_overrides(args), valid_path=args.valid,
-        progress=not args.quiet, presets_dir=args.presets_dir,
-    )
+    if args.sequences:
+        from models.sequences import train_sequences
+
+        if args.valid:
+            raise ValueError("--valid is for click logs; with --sequences use --validate (the validation target)")
+        _, meta = train_sequences(
+            args.sequences, args.out, args.item_attributes, validate=args.validate, preset=args.preset,
+            overrides=_train_overrides(args), presets_dir=args.presets_dir, progress=not args.quiet,
+        )
+    else:
+        from models.train import train_file
+
+        _, meta = train_file(
+            args.train, args.out, preset=args.preset, overrides=_train_overrides(args), valid_path=args.valid,
+            progress=not args.quiet, presets_dir=args.presets_dir,
+        )
     elapsed = time.perf_counter() - t0
     print(f"saved {args.out} (version {meta['version']}, preset {meta['preset']}): "
           f"training {meta['train_seconds']:.1f} s, total {elapsed:.1f} s, {meta['torch_threads']} torch threads")
@@ -108,11 +128,34 @@ def _fmt_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_sequences(res: dict[str, Any]) -> str:
+    """Human-readable HR/NDCG table of a leave-one-out evaluation."""
+    from models.sequences import KS_SEQ
+
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in KS_SEQ]
+    lines = ["method      " + " ".join(f"{c:>9}" for c in cols)]
+    for name, r in [("network", res)] + list(res.get("baselines", {}).items()):
+        lines.append(f"{name:<12}" + " ".join(f"{r[c]:>9.4f}" for c in cols))
+    lines.append(f"{res['target']} target of {res['users']} users ({res['protocol']}, inputs cut to "
+                 f"{res['max_len']}; {res['eval_seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """streamrec evaluate CKPT TEST_TSV [--json] [--baselines] [--report DIR]."""
+    """streamrec evaluate CKPT TEST_TSV [--json] [--baselines] [--report DIR], or CKPT --sequences NAME.txt."""
     from models.evaluate import evaluate_checkpoint
 
     _set_threads(args.threads)
+    _one_input(args, "test", "TEST_TSV")
+    if args.sequences:
+        from models.sequences import evaluate_sequence_checkpoint
+
+        if args.report:
+            raise ValueError("--report reads click logs; it does not take --sequences")
+        seq = evaluate_sequence_checkpoint(args.checkpoint, args.sequences, 2 if args.target == "validation" else 1,
+                                           baselines=args.baselines)
+        print(json.dumps(seq) if args.json else _fmt_sequences(seq))
+        return 0
     res = evaluate_checkpoint(args.checkpoint, args.test, baselines=args.baselines or bool(args.report),
                               train_path=args.train, batch_size=args.batch_size)
     if args.report:
@@ -135,8 +178,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    """streamrec prepare RAW_LOG --out-dir DIR (sessionize, filter, time split)."""
+    """streamrec prepare RAW_LOG --out-dir DIR (sessionize, filter, time split), or --sequences NAME.txt."""
     from models.prepare import Columns, prepare
+
+    _one_input(args, "input", "RAW_LOG")
+    if args.sequences:
+        from models.sequences import prepare_sequences
+
+        stats = prepare_sequences(args.sequences, args.out_dir, args.item_attributes)
+        for name, s in stats.items():
+            print(f"{args.out_dir}/{name}: {s}")
+        return 0
 
     stats = prepare(
         args.input, args.out_dir, Columns(args.user_col, args.item_col, args.time_col, args.session_col),
@@ -192,8 +244,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     thr.add_argument("--threads", type=int, default=None,
                      help="torch.set_num_threads (default: torch's default, one per physical core)")
 
-    p = subparsers.add_parser("train", parents=[thr], help="train a session RNN on a GRU4Rec TSV")
-    p.add_argument("train", metavar="TRAIN_TSV")
+    seq = argparse.ArgumentParser(add_help=False)
+    g = seq.add_argument_group("user sequences (the S3-Rec format, leave-one-out protocol: models/sequences.py)")
+    g.add_argument("--sequences", metavar="NAME.txt", help="one user per line: user id, then items oldest first")
+    g.add_argument("--item-attributes", metavar="NAME_item2attributes.json",
+                   help="item id -> attribute ids; pooled into the item vectors")
+
+    p = subparsers.add_parser("train", parents=[thr, seq], help="train a session RNN on a GRU4Rec TSV or user sequences")
+    p.add_argument("train", metavar="TRAIN_TSV", nargs="?")
+    p.add_argument("--validate", action="store_true",
+                   help="with --sequences: keep each user's validation item out and stop early on it")
     p.add_argument("--out", required=True, metavar="CKPT")
     p.add_argument("--valid", metavar="TSV", help="validation TSV: early stopping on Recall@20")
     p.add_argument("--preset", help="built-in (small, large, auto), a name in --presets-dir, or a JSON path; "
@@ -203,9 +263,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_train_flags(p)
     p.set_defaults(func=_guard(cmd_train))
 
-    p = subparsers.add_parser("evaluate", parents=[thr], help="next-item Recall/MRR/NDCG@K on a test TSV")
+    p = subparsers.add_parser("evaluate", parents=[thr, seq],
+                              help="next-item Recall/MRR/NDCG@K on a test TSV, or HR/NDCG@K on user sequences")
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("test", metavar="TEST_TSV")
+    p.add_argument("test", metavar="TEST_TSV", nargs="?")
+    p.add_argument("--target", choices=["test", "validation"], default="test",
+                   help="with --sequences: rank each user's last item (test) or the one before it (validation)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--baselines", action="store_true", help="also popularity and Markov chain")
     p.add_argument("--train", metavar="TSV", help="training data for the Markov baseline (default: from the checkpoint)")
@@ -220,8 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", metavar="TSV")
     p.set_defaults(func=_guard(cmd_report))
 
-    p = subparsers.add_parser("prepare", help="raw click log -> sessionized, filtered, time-split GRU4Rec TSVs")
-    p.add_argument("input", metavar="RAW_LOG", help="CSV, TSV, JSON lines or Parquet (needs pyarrow)")
+    p = subparsers.add_parser("prepare", parents=[seq],
+                              help="raw click log -> sessionized, filtered, time-split GRU4Rec TSVs")
+    p.add_argument("input", metavar="RAW_LOG", nargs="?", help="CSV, TSV, JSON lines or Parquet (needs pyarrow)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--format", choices=["csv", "tsv", "jsonl", "parquet"], help="default: from the extension")
     p.add_argument("--delimiter", help="CSV delimiter (default , for csv, tab for tsv)")

@@ -119,39 +119,47 @@ class AttributePool(nn.Module):
         nn.init.normal_(self.weight, std=0.01)
         self.register_buffer("flat", torch.zeros(links, dtype=torch.int64))  # (L,)
         self.register_buffer("offsets", torch.zeros(n_items + 1, dtype=torch.int64))  # (N+1,)
+        self.register_buffer("link_weight", torch.ones(links))  # (L,) each (item, attribute) pair's weight
 
-    def load_attributes(self, attrs: ItemAttributes) -> None:
-        """Copy the CSR arrays in (sizes must match the config the module was built with)."""
+    def load_attributes(self, attrs: ItemAttributes, pooling: str = "mean") -> None:
+        """Copy the CSR arrays in (sizes must match the config the module was built with).
+
+        ``pooling="idf"`` weighs an attribute by log(1 + N / items carrying it),
+        so a category every item shares adds little and a brand adds much;
+        ``"mean"`` weighs all of an item's attributes alike.
+        """
         with torch.no_grad():
             self.flat.copy_(torch.from_numpy(attrs.flat))
             self.offsets.copy_(torch.from_numpy(attrs.offsets))
+            if pooling == "idf":
+                df = np.bincount(attrs.flat, minlength=attrs.n_attributes).astype(np.float64)  # (A,)
+                w = np.log1p(attrs.n_items / np.maximum(df, 1.0))[attrs.flat]  # (L,)
+            elif pooling == "mean":
+                w = np.ones(len(attrs.flat))
+            else:
+                raise ValueError(f"unknown attribute pooling {pooling!r}; expected mean or idf")
+            owner = np.repeat(np.arange(attrs.n_items), attrs.per_item())
+            w = w / np.bincount(owner, weights=w, minlength=attrs.n_items)[owner]  # each item's weights sum to 1
+            self.link_weight.copy_(torch.from_numpy(w.astype(np.float32)))
 
     def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The attributes of rows (U,) as one list: (attribute ids (T,), bag starts (U,), bag sizes (U,))."""
+        """The attributes of rows (U,) as one list: (attribute ids (T,), weights (T,), bag starts (U,))."""
         start = self.offsets[rows]  # (U,)
         count = self.offsets[rows + 1] - start  # (U,)
         bag_off = torch.cumsum(count, 0) - count  # (U,) where each bag starts in the gathered list
         total = int(count.sum())
         pos = torch.repeat_interleave(start - bag_off, count, output_size=total) + torch.arange(total)  # (T,)
-        return self.flat[pos], bag_off, count
+        return self.flat[pos], self.link_weight[pos], bag_off
 
     def forward(self, rows: Tensor) -> Tensor:
         """Pooled attribute vectors (U, D) for item indices rows (U,)."""
-        ids, bag_off, _ = self._bags(rows)
-        return nn.functional.embedding_bag(ids, self.weight, bag_off, mode="mean")  # (U, D)
-
-    def distribution(self, rows: Tensor) -> Tensor:
-        """Each item's attributes as a distribution (U, A): 1/count on its attributes, zeros without any."""
-        ids, _, count = self._bags(rows)
-        owner = torch.repeat_interleave(torch.arange(len(rows)), count, output_size=len(ids))  # (T,)
-        out = torch.zeros(len(rows), self.weight.shape[0])  # (U, A)
-        out[owner, ids] = (1.0 / count.clamp(min=1).to(torch.float32))[owner]
-        return out
+        ids, w, bag_off = self._bags(rows)
+        return nn.functional.embedding_bag(ids, self.weight, bag_off, mode="sum", per_sample_weights=w)  # (U, D)
 
     def all(self) -> Tensor:
         """Pooled vectors of every item (N, D)."""
-        n = self.offsets.shape[0] - 1
-        return nn.functional.embedding_bag(self.flat, self.weight, self.offsets[:-1], mode="mean") if n else self.weight[:0]
+        return nn.functional.embedding_bag(self.flat, self.weight, self.offsets[:-1], mode="sum",
+                                           per_sample_weights=self.link_weight)  # (N, D)
 
 
 __all__ = ["AttributePool", "ItemAttributes", "read_attributes"]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.features import AttributePool
+from models.features import AttributePool, ItemAttributes
 
 CELLS: dict[str, int] = {"gru": 3, "lstm": 4, "rnn": 1}
 
@@ -48,6 +48,7 @@ class ModelConfig:
     elu: float = 0.0  # >0: ELU(alpha=elu) on the final hidden output before scoring
     attributes: int = 0  # attribute ids known to the network (0: items are ids only)
     attribute_links: int = 0  # (item, attribute) pairs, the size of the CSR list (models/features.py)
+    attribute_pooling: str = "mean"  # how an item's attributes are weighed: mean or idf (models/features.py)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -188,6 +189,12 @@ class SessionRNN(nn.Module):
         """The (N, E) id table whose rows feed the first layer (the output table when constrained)."""
         return self.out_emb if self.in_emb is None else self.in_emb
 
+    def load_attributes(self, attrs: ItemAttributes) -> None:
+        """Give the attribute pools their item -> attribute lists (coded for this network's items)."""
+        for pool in (self.attr_out, self.attr_in):
+            if pool is not None:
+                pool.load_attributes(attrs, self.config.attribute_pooling)
+
     def input_pool(self) -> AttributePool | None:
         """The attribute pool of the input side (the output pool when the tables are shared)."""
         return self.attr_out if self.in_emb is None else self.attr_in
@@ -213,7 +220,8 @@ class SessionRNN(nn.Module):
         """
         if self.attr_out is None:
             return self
-        cfg = ModelConfig.from_dict({**self.config.to_dict(), "attributes": 0, "attribute_links": 0})
+        cfg = ModelConfig.from_dict({**self.config.to_dict(), "attributes": 0, "attribute_links": 0,
+                                     "attribute_pooling": "mean"})
         plain = SessionRNN(cfg)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith(("attr_out.", "attr_in."))}
         with torch.no_grad():

@@ -62,8 +62,8 @@ class TrainConfig:
     patience: int = 2
     eps: float = 1e-6
     attributes: bool = True  # use item attributes when the data has them (models/features.py)
-    attr_lr: float = 0.1  # learning rate of the attribute tables relative to lr
-    attr_aux: float = 0.0  # weight of the auxiliary loss: predict the next item's attributes from h
+    attr_lr: float = 1.0  # learning rate of the attribute tables relative to lr (lower it if training diverges)
+    attr_pooling: str = "idf"  # idf | mean: how an item's attributes are weighed in its vector
 
     def model_config(self, n_items: int, attributes: ItemAttributes | None = None) -> ModelConfig:
         """The architecture part of this configuration (attribute sizes from the coded attributes, if any)."""
@@ -74,6 +74,7 @@ class TrainConfig:
             dropout_hidden=self.dropout_hidden, elu=self.elu,
             attributes=attributes.n_attributes if use else 0,  # type: ignore[union-attr]
             attribute_links=len(attributes.flat) if use else 0,  # type: ignore[union-attr]
+            attribute_pooling=self.attr_pooling,
         )
 
     def updated(self, overrides: dict[str, Any]) -> "TrainConfig":
@@ -220,16 +221,19 @@ def fit(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = build_model(cfg.model_config(n_items, attributes), seed=cfg.seed)
-    for pool in (model.attr_out, model.attr_in):
-        if pool is not None:
-            pool.load_attributes(attributes)  # type: ignore[arg-type]
+    unseen = torch.from_numpy(np.flatnonzero(np.asarray(counts) == 0))  # items without training clicks
+    with torch.no_grad():  # ... get no gradient, so no random id vector either: only their attributes speak
+        for table in (model.out_emb, model.in_emb):
+            if table is not None and len(unseen):
+                table[unseen] = 0.0
+    if model.attr_out is not None:
+        model.load_attributes(attributes)  # type: ignore[arg-type]
     model.train()
     loss_fn = get_loss(cfg.loss, cfg.bpreg)
     use_logq = cfg.logq > 0 and canonical_loss(cfg.loss) == "cross-entropy"
     sampler = NegativeSampler(counts, cfg.alpha, cfg.negatives, rng) if cfg.negatives > 0 else None
     logq_table = torch.as_tensor(np.log(np.maximum(sampler.prob if sampler else counts / counts.sum(), 1e-12)), dtype=torch.float32)  # (N,)
     attr_params = [pool.weight for pool in (model.attr_out, model.attr_in) if pool is not None]
-    aux = model.attr_out if cfg.attr_aux > 0 else None
     dense = [p for p in model.dense_parameters() if all(p is not a for a in attr_params)]
     opt = RowAdagrad(dense, model.sparse_parameters() + attr_params, cfg.momentum, cfg.eps)
     n_usable = int((sessions.lengths >= 2).sum())
@@ -285,14 +289,9 @@ def fit(
             if use_logq:
                 logits = logits - cfg.logq * logq_table[out_idx]  # (B, B+M)
             loss = loss_fn(logits)
-            if aux is not None:  # the next item's attributes, predicted from the same h (one softmax over attributes)
-                want = aux.distribution(tgt)  # (B, A)
-                has = want.sum(dim=1)  # (B,) 0 for targets without attributes
-                logp = torch.log_softmax(h @ aux.weight.t(), dim=1)  # (B, A)
-                loss = loss + cfg.attr_aux * (-(want * logp).sum(dim=1) * has).sum() / has.sum().clamp(min=1.0)
             loss.backward()
             opt.step_dense(lr)
-            if attr_params:  # every step moves the shared attribute rows: a smaller rate keeps them from drifting
+            if attr_params:  # every step moves the shared attribute rows: attr_lr can slow them apart from the rest
                 opt.step_dense(lr * cfg.attr_lr, attr_params)
             opt.step_rows(model.out_emb, rows, leaf.grad, lr)  # type: ignore[arg-type]
             if in_rows is not None:

@@ -201,6 +201,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coldstart(args: argparse.Namespace) -> int:
+    """streamrec coldstart --sequences NAME.txt --item-attributes F [--share 0.1] [--json]."""
+    from models.coldstart import cold_start
+
+    _set_threads(args.threads)
+    if not (args.sequences and args.item_attributes):
+        raise ValueError("coldstart needs --sequences and --item-attributes")
+    res = cold_start(args.sequences, args.item_attributes, share=args.share, seed=args.holdout_seed, preset=args.preset,
+                     overrides=_train_overrides(args), progress=not args.quiet, log=None if args.json else print)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['held_out_items']} items held out of training; {res['users']} users whose test target is one of them")
+    for name in ("network", "network_without_attributes", "attribute_popularity", "popularity"):
+        r = res[name]
+        print(f"{name:<28} HR@20 {r['hr@20']:.4f}  NDCG@20 {r['ndcg@20']:.4f}  HR@5 {r['hr@5']:.4f}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """streamrec tune TRAIN_TSV [--valid TSV] --out-dir DIR --name PRESET."""
     from models.tune import tune
@@ -300,6 +319,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1, help="latest sessions (by end time) kept for test")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="latest training sessions for validation")
     p.set_defaults(func=_guard(cmd_prepare))
+
+    p = subparsers.add_parser("coldstart", parents=[thr, seq],
+                              help="hold a share of items out of training, rank them as test targets (attributes only)")
+    p.add_argument("--share", type=float, default=0.1, help="share of items held out (default 0.1)")
+    p.add_argument("--holdout-seed", type=int, default=0, help="which items are held out")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--preset", help="as for train (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_flags(p)
+    p.set_defaults(func=_guard(cmd_coldstart))
 
     p = subparsers.add_parser("tune", parents=[thr], help="optuna search on train/validation; writes a preset")
     p.add_argument("train", metavar="TRAIN_TSV")

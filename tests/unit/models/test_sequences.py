@@ -125,15 +125,15 @@ def test_inputs_right_aligned_and_cut(tmp_path: Path) -> None:
     assert torch.allclose(seen[0][0], ref[0], atol=1e-6) and torch.allclose(seen[0][1], ref_b[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("constrained", [True, False])
-def test_folded_network_gives_the_same_outputs(constrained: bool) -> None:
+@pytest.mark.parametrize("constrained, pooling", [(True, "mean"), (False, "idf")])
+def test_folded_network_gives_the_same_outputs(constrained: bool, pooling: str) -> None:
     attrs = ItemAttributes.build([str(i) for i in range(12)], {str(i): [i % 3, 5 + i % 2] for i in range(10)})
     cfg = ModelConfig(n_items=12, hidden=8, constrained=constrained, attributes=attrs.n_attributes,
-                      attribute_links=len(attrs.flat))
+                      attribute_links=len(attrs.flat), attribute_pooling=pooling)
     model = SessionRNN(cfg).eval()
+    model.load_attributes(attrs)
     for pool in (model.attr_out, model.attr_in):
         if pool is not None:
-            pool.load_attributes(attrs)
             torch.nn.init.normal_(pool.weight)
     plain = model.folded()
     assert plain.attr_out is None and plain.config.attributes == 0
@@ -151,6 +151,9 @@ def test_pool_means_attributes_and_zeros_items_without() -> None:
     out = pool(torch.tensor([2, 0, 1])).detach()
     assert torch.allclose(out[0], w[1]) and torch.allclose(out[1], (w[0] + w[1]) / 2) and torch.all(out[2] == 0)
     assert torch.allclose(pool.all().detach()[[2, 0, 1]], out)
+    pool.load_attributes(attrs, "idf")  # attribute "2" is on both items, "1" on one: "1" weighs more
+    w1, w2 = np.log1p(3 / 1), np.log1p(3 / 2)
+    assert torch.allclose(pool(torch.tensor([0])).detach()[0], (w1 * w[0] + w2 * w[1]) / (w1 + w2), atol=1e-6)
 
 
 def test_attributes_reach_items_without_clicks(tmp_path: Path) -> None:
@@ -199,3 +202,15 @@ def test_prepare_keeps_order_as_time(tmp_path: Path) -> None:
     log = read_tsv(tmp_path / "o" / "sequences.tsv")
     assert log.session.tolist() == ["u"] * 3 + ["v"] * 2 and log.item.tolist() == ["3", "1", "2", "2", "2"]
     assert log.time.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_coldstart_ranks_held_out_items_by_their_attributes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seq, att = group_world(tmp_path, cold=False)
+    assert offline_main(["coldstart", "--sequences", str(seq), "--item-attributes", str(att), "--share", "0.25",
+                         "--epochs", "12", "--hidden", "16", "--batch-size", "8", "--negatives", "16", "--lr", "0.1",
+                         "--json", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["held_out_items"] == 10 and res["users"] > 20
+    # the held-out targets have no clicks: only the attribute part can find them
+    assert res["network"]["hr@20"] > res["network_without_attributes"]["hr@20"] + 0.3, res
+    assert {"attribute_popularity", "popularity"} <= set(res)

@@ -32,6 +32,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "embedding": ("embedding", int),
     "seed": ("seed", int),
     "patience": ("patience", int),
+    "attr_lr": ("attr_lr", float),
+    "attr_pooling": ("attr_pooling", str),
 }
 
 
@@ -254,7 +256,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout-emb", type=float)
     g.add_argument("--dropout-hidden", type=float)
     g.add_argument("--seed", type=int)
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (with --valid)")
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (with --valid or --validate)")
+    g.add_argument("--attr-lr", type=float, help="learning rate of the attribute tables relative to --lr")
+    g.add_argument("--attr-pooling", choices=["idf", "mean"], help="how an item's attributes are weighed")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

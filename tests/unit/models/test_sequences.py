@@ -214,3 +214,23 @@ def test_coldstart_ranks_held_out_items_by_their_attributes(tmp_path: Path, caps
     # the held-out targets have no clicks: only the attribute part can find them
     assert res["network"]["hr@20"] > res["network_without_attributes"]["hr@20"] + 0.3, res
     assert {"attribute_popularity", "popularity"} <= set(res)
+
+
+def test_worker_core_serves_an_attribute_checkpoint(tmp_path: Path) -> None:
+    """The stream core takes a checkpoint trained with attributes as it is: its lists are the network's top-k."""
+    from stream_app.core.recommender import Incoming, Policy, Recommender
+    from stream_app.core.records import Click, Source
+
+    seq, att = group_world(tmp_path, cold=True)
+    out = tmp_path / "m.pt"
+    train_sequences(str(seq), str(out), str(att), overrides={**TINY, "epochs": 3}, progress=False, log=None)
+    ckpt = load_checkpoint(out)
+    rec = Recommender(ckpt.model, ckpt.item_ids, np.asarray(ckpt.item_counts, dtype=np.float32), ckpt.version,
+                      Policy(k=5, exclude_clicked=False))
+    got = rec.process([Incoming(Click("u", "7", 10.0), Source("clicks", 0, 0, 10.0), None)], now=10.0)[0]
+    net = ckpt.network
+    assert net is not None
+    with torch.no_grad():
+        _, scores = net.step(net.zero_state(1), torch.tensor([ckpt.item_index["7"]]))
+    want = [ckpt.item_ids[j] for j in torch.topk(scores[0], 5).indices.tolist()]
+    assert list(got.recommendation.items) == want

@@ -8,5 +8,7 @@ package does no work.  Entry points:
 * ``models.train``: session-parallel training with sampled negatives and row-sparse Adagrad
 * ``models.evaluate`` / ``models.baselines``: full-ranking next-item evaluation and floors
 * ``models.data`` / ``models.prepare``: GRU4Rec TSV I/O, raw-log sessionizing and time splits
+* ``models.sequences`` / ``models.features`` / ``models.coldstart``: user sequences in the S3-Rec
+  format with its leave-one-out protocol, item attributes pooled into the item vectors, cold-start items
 * ``models.tune`` / ``models.report``: optuna search and the HTML report
 """

@@ -8,6 +8,9 @@ defaults; the users whose test target is a held-out item are then evaluated
 with the leave-one-out protocol (full ranking over all items, history
 excluded), their inputs without the held-out items (nobody had clicked them).
 
+Each figure comes twice: ranked among all items (can a new item beat the
+established ones into a list?) and among the held-out items only (does the
+network order the new items well, as a "new arrivals" row would need?).
 The floor beside it is attribute popularity: an item scores the mean, over
 its attributes, of the training clicks on items carrying that attribute, so a
 held-out item from a popular brand or category ranks high.  A network without
@@ -88,11 +91,14 @@ def cold_start(sequences_path: str, attributes_path: str, share: float = 0.1, se
         cfg, name = resolve_config(data.n_items, preset, overrides)
         cfg = cfg.updated({"attributes": use})
         model, meta = fit(reduced.train_part(1), counts, cfg, progress=progress, log=log, attributes=data.attributes)
-        ranks, _ = score_last(model.folded(), ev, 1)
+        folded = model.folded()
         res["network" if use else "network_without_attributes"] = {
-            **hr_ndcg(ranks), "train_seconds": round(time.perf_counter() - t0, 1), "preset": name}
-    res["attribute_popularity"] = hr_ndcg(score_last(AttributePopularity(data, counts), ev, 1)[0])
-    res["popularity"] = hr_ndcg(score_last(PopularityModel(counts), ev, 1)[0])
+            **hr_ndcg(score_last(folded, ev, 1)[0]),
+            "among_held_out": hr_ndcg(score_last(folded, ev, 1, candidates=cold)[0]),
+            "train_seconds": round(time.perf_counter() - t0, 1), "preset": name}
+    for key, floor in (("attribute_popularity", AttributePopularity(data, counts)), ("popularity", PopularityModel(counts))):
+        res[key] = {**hr_ndcg(score_last(floor, ev, 1)[0]),
+                    "among_held_out": hr_ndcg(score_last(floor, ev, 1, candidates=cold)[0])}
     return res
 
 

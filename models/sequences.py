@@ -109,8 +109,11 @@ def _targets(data: SequenceSet, holdout: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = MAX_LEN,
-               batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+               batch_size: int = 512, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Conservative ranks (U,) of each user's target under full ranking with history exclusion, and the users.
+
+    ``candidates`` (N,) bool restricts the ranking to those items (the others
+    score -inf), for instance to the new items of a "new arrivals" row.
 
     ``model`` needs ``zero_state``, ``advance``, ``input_vectors`` (or
     ``input_table``) and ``score`` (a folded SessionRNN).  Inputs are
@@ -121,6 +124,7 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
     ends = off[users + 1] - holdout  # (U,) one past the last input item
     ranks = np.empty(len(users), dtype=np.int64)
     embed = getattr(model, "input_vectors", None) or (lambda it: model.input_table()[it])
+    outside = torch.from_numpy(~candidates) if candidates is not None else None  # (N,)
     with torch.inference_mode():
         for b0 in range(0, len(users), batch_size):
             u = users[b0:b0 + batch_size]
@@ -141,6 +145,8 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
             rows = torch.from_numpy(np.repeat(np.arange(len(u)), hist_len))
             cols = torch.from_numpy(np.concatenate([items[s:x] for s, x in zip(starts, e)]))
             scores[rows, cols] = -torch.inf
+            if outside is not None:
+                scores[:, outside] = -torch.inf
             _, cons = ranks_of(scores, torch.from_numpy(targets[b0:b0 + batch_size]))
             ranks[b0:b0 + len(u)] = cons.numpy()
     return ranks, users

@@ -218,7 +218,9 @@ def cmd_coldstart(args: argparse.Namespace) -> int:
     print(f"{res['held_out_items']} items held out of training; {res['users']} users whose test target is one of them")
     for name in ("network", "network_without_attributes", "attribute_popularity", "popularity"):
         r = res[name]
-        print(f"{name:<28} HR@20 {r['hr@20']:.4f}  NDCG@20 {r['ndcg@20']:.4f}  HR@5 {r['hr@5']:.4f}")
+        a = r["among_held_out"]
+        print(f"{name:<28} HR@20 {r['hr@20']:.4f}  NDCG@20 {r['ndcg@20']:.4f}   among held-out items: "
+              f"HR@20 {a['hr@20']:.4f}  NDCG@20 {a['ndcg@20']:.4f}")
     return 0
 
 

@@ -213,7 +213,8 @@ def test_coldstart_ranks_held_out_items_by_their_attributes(tmp_path: Path, caps
     assert res["held_out_items"] == 10 and res["users"] > 20
     # the held-out targets have no clicks: only the attribute part can find them
     assert res["network"]["hr@20"] > res["network_without_attributes"]["hr@20"] + 0.3, res
-    assert {"attribute_popularity", "popularity"} <= set(res)
+    among = res["network"]["among_held_out"]
+    assert among["hr@5"] >= res["network"]["hr@5"] and among["hr@5"] > res["popularity"]["among_held_out"]["hr@5"]
 
 
 def test_worker_core_serves_an_attribute_checkpoint(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Item side information: attribute ids per item, pooled into a vector beside the item's own embedding.
 
-Why this shape: an item is represented as its id embedding plus the mean of
-its attributes' embeddings, on the input and on the output side.  Plain
+Why this shape: an item is represented as its id embedding plus a weighted
+mean of its attributes' embeddings (IDF weights by default: an attribute most
+items share says little), on the input and on the output side.  Plain
 concatenation of a feature vector to the input does not help a session GRU
 (Hidasi et al., p-RNN, RecSys 2016); a shared additive attribute part does two
 things concatenation cannot: items that share a brand or category share
@@ -106,7 +107,7 @@ def read_attributes(path: str | os.PathLike[str]) -> dict[str, list[str]]:
 
 
 class AttributePool(nn.Module):
-    """Mean of attribute embeddings per item: ``forward(rows) -> (U, D)``.
+    """Weighted mean of attribute embeddings per item: ``forward(rows) -> (U, D)``.
 
     The attribute table is small (hundreds to a few thousand rows) and dense;
     its gradient is an ordinary dense gradient.  Items without attributes pool

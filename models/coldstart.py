@@ -72,24 +72,18 @@ def cold_start(sequences_path: str, attributes_path: str, share: float = 0.1, se
 
     data = read_sequences(sequences_path, attributes_path)
     reduced, cold = hold_out(data, share, seed)
-    users_all = np.arange(len(data.users))
     target = reduced.seqs.items[reduced.seqs.offsets[1:] - 1]  # (U,)
-    scored = users_all[cold[target] & (reduced.seqs.lengths >= 2)]
+    scored = np.flatnonzero(cold[target] & (reduced.seqs.lengths >= 2))
     if len(scored) == 0:
         raise DataError("no user has a held-out test target; raise the share")
-    # evaluation set: the scored users only, inputs without any held-out item but the target
-    sub_off = reduced.seqs.offsets
-    rows = [reduced.seqs.items[sub_off[u]:sub_off[u + 1]] for u in scored]
-    ev = SequenceSet([data.users[u] for u in scored], data.item_ids,
-                     Sessions(np.concatenate(rows), np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)),
-                     data.attributes)
+    ev = reduced.subset(scored)  # inputs without any held-out item but the target
     counts = reduced.counts(1)
     res: dict[str, Any] = {"share": share, "seed": seed, "held_out_items": int(cold.sum()), "users": int(len(scored)),
                            "max_len": MAX_LEN}
+    base, name = resolve_config(data.n_items, preset, overrides)
     for use in (True, False):
         t0 = time.perf_counter()
-        cfg, name = resolve_config(data.n_items, preset, overrides)
-        cfg = cfg.updated({"attributes": use})
+        cfg = base.updated({"attributes": use})
         model, meta = fit(reduced.train_part(1), counts, cfg, progress=progress, log=log, attributes=data.attributes)
         folded = model.folded()
         res["network" if use else "network_without_attributes"] = {

@@ -7,15 +7,15 @@ concatenation of a feature vector to the input does not help a session GRU
 (Hidasi et al., p-RNN, RecSys 2016); a shared additive attribute part does two
 things concatenation cannot: items that share a brand or category share
 part of their vector (rare items borrow strength from frequent ones), and an
-item with attributes but no clicks still gets a usable vector (its id part
-stays at its small random init, the attribute part is learned from others).
+item with attributes but no clicks still gets a usable vector (training
+starts its id part at zero, the attribute part is learned from others).
 
 Attributes are ragged (Beauty has 1-6 per item, LastFM up to 625 tags), so
 they are kept as CSR arrays (``flat`` ids and ``offsets`` per item) and pooled
 with ``embedding_bag``; gathering the bags of a mini-batch's rows is a few
 vectorised index operations, never a Python loop over items.
 
-After training, ``fold`` adds the pooled part into the id tables: serving
+After training, ``SessionRNN.folded`` adds the pooled part into the id tables: serving
 and evaluation see an ordinary network with the same outputs, so the stream
 worker needs no attribute code on its hot path.
 """

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.baselines import popularity_tiebreak
 from models.data import ClickLog, DataError, Sessions, write_tsv
 from models.evaluate import ranks_of
 from models.features import ItemAttributes, read_attributes
@@ -61,6 +62,14 @@ class SequenceSet:
     def counts(self, holdout: int) -> np.ndarray:
         """Training clicks per item (N,) of ``train_part(holdout)`` (0 for items seen only as targets)."""
         return np.bincount(self.train_part(holdout).items, minlength=self.n_items).astype(np.int64)
+
+    def subset(self, users: np.ndarray) -> "SequenceSet":
+        """The sequences of some users (indices (U,), in that order), same vocabulary and attributes."""
+        off = self.seqs.offsets
+        lens = off[users + 1] - off[users]  # (U,)
+        pos = np.repeat(off[users] - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))  # (C',)
+        seqs = Sessions(self.seqs.items[pos], np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+        return SequenceSet([self.users[u] for u in users], self.item_ids, seqs, self.attributes)
 
 
 def read_sequences(path: str | os.PathLike[str], attributes_path: str | os.PathLike[str] | None = None) -> SequenceSet:
@@ -115,15 +124,14 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
     ``candidates`` (N,) bool restricts the ranking to those items (the others
     score -inf), for instance to the new items of a "new arrivals" row.
 
-    ``model`` needs ``zero_state``, ``advance``, ``input_vectors`` (or
-    ``input_table``) and ``score`` (a folded SessionRNN).  Inputs are
+    ``model`` needs ``zero_state``, ``advance``, ``input_vectors`` and
+    ``score`` (a folded SessionRNN, or ``PopularityModel``).  Inputs are
     right-aligned: a row's state stays zero until its own first item.
     """
     users, targets = _targets(data, holdout)
     off, items = data.seqs.offsets, data.seqs.items
     ends = off[users + 1] - holdout  # (U,) one past the last input item
     ranks = np.empty(len(users), dtype=np.int64)
-    embed = getattr(model, "input_vectors", None) or (lambda it: model.input_table()[it])
     outside = torch.from_numpy(~candidates) if candidates is not None else None  # (N,)
     with torch.inference_mode():
         for b0 in range(0, len(users), batch_size):
@@ -138,7 +146,7 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
             live_t = torch.from_numpy(live).unsqueeze(2)  # (T, b, 1)
             state = model.zero_state(len(u))  # (b, S)
             for t in range(T):
-                new, _ = model.advance(state, embed(mat[t]))  # (b, S)
+                new, _ = model.advance(state, model.input_vectors(mat[t]))  # (b, S)
                 state = torch.where(live_t[t], new, state)  # (b, S)
             scores = model.score(state)  # (b, N)
             hist_len = e - starts  # (b,) the whole history is excluded, not only the read window
@@ -168,8 +176,6 @@ class PopularityModel:
     """The PopRec floor in the same interface: training counts as scores, a state of one zero."""
 
     def __init__(self, counts: np.ndarray) -> None:
-        from models.baselines import popularity_tiebreak
-
         self._scores = torch.as_tensor(counts + popularity_tiebreak(counts), dtype=torch.float32)  # (N,)
 
     def zero_state(self, batch: int) -> torch.Tensor:

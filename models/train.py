@@ -74,7 +74,7 @@ class TrainConfig:
             dropout_hidden=self.dropout_hidden, elu=self.elu,
             attributes=attributes.n_attributes if use else 0,  # type: ignore[union-attr]
             attribute_links=len(attributes.flat) if use else 0,  # type: ignore[union-attr]
-            attribute_pooling=self.attr_pooling,
+            attribute_pooling=self.attr_pooling if use else "mean",
         )
 
     def updated(self, overrides: dict[str, Any]) -> "TrainConfig":
@@ -235,7 +235,7 @@ def fit(
     logq_table = torch.as_tensor(np.log(np.maximum(sampler.prob if sampler else counts / counts.sum(), 1e-12)), dtype=torch.float32)  # (N,)
     attr_params = [pool.weight for pool in (model.attr_out, model.attr_in) if pool is not None]
     dense = [p for p in model.dense_parameters() if all(p is not a for a in attr_params)]
-    opt = RowAdagrad(dense, model.sparse_parameters() + attr_params, cfg.momentum, cfg.eps)
+    opt = RowAdagrad(dense + attr_params, model.sparse_parameters(), cfg.momentum, cfg.eps)
     n_usable = int((sessions.lengths >= 2).sum())
     if n_usable == 0:
         raise ValueError("no session with >= 2 clicks to train on")
@@ -290,7 +290,7 @@ def fit(
                 logits = logits - cfg.logq * logq_table[out_idx]  # (B, B+M)
             loss = loss_fn(logits)
             loss.backward()
-            opt.step_dense(lr)
+            opt.step_dense(lr, dense)
             if attr_params:  # every step moves the shared attribute rows: attr_lr can slow them apart from the rest
                 opt.step_dense(lr * cfg.attr_lr, attr_params)
             opt.step_rows(model.out_emb, rows, leaf.grad, lr)  # type: ignore[arg-type]

@@ -70,20 +70,16 @@ def test_read_codes_items_users_and_attributes(tmp_path: Path) -> None:
     assert data.counts(1).tolist() == [2, 1, 0]
 
 
-@pytest.mark.parametrize("text, msg", [("u1\n", "at least one item"), ("u1 1 2\nu1 3 4\n", "more than one line"), ("\n", "no user")])
-def test_bad_sequence_files_say_why(tmp_path: Path, text: str, msg: str) -> None:
-    p = tmp_path / "bad.txt"
+@pytest.mark.parametrize("reader, text, msg", [
+    (read_sequences, "u1\n", "at least one item"), (read_sequences, "u1 1 2\nu1 3 4\n", "more than one line"),
+    (read_sequences, "\n", "no user"), (read_attributes, "[1, 2]", "expected an object"),
+    (read_attributes, '{"1": 3}', "must be a list"), (read_attributes, "{", "not JSON"),
+])
+def test_bad_files_say_why(tmp_path: Path, reader, text: str, msg: str) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "bad"
     p.write_text(text)
     with pytest.raises(DataError, match=msg):
-        read_sequences(p)
-
-
-@pytest.mark.parametrize("text, msg", [("[1, 2]", "expected an object"), ('{"1": 3}', "must be a list"), ("{", "not JSON")])
-def test_bad_attribute_files_say_why(tmp_path: Path, text: str, msg: str) -> None:
-    p = tmp_path / "a.json"
-    p.write_text(text)
-    with pytest.raises(DataError, match=msg):
-        read_attributes(p)
+        reader(p)
 
 
 def test_protocol_ranks_exclude_history_and_cut_inputs(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ part of their vector (rare items borrow strength from frequent ones), and an
 item with attributes but no clicks still gets a usable vector (training
 starts its id part at zero, the attribute part is learned from others).
 
-Attributes are ragged (Beauty has 1-6 per item, LastFM up to 625 tags), so
+Attributes are ragged (Beauty has 1-6 per item, LastFM up to 625 tag entries), so
 they are kept as CSR arrays (``flat`` ids and ``offsets`` per item) and pooled
 with ``embedding_bag``; gathering the bags of a mini-batch's rows is a few
 vectorised index operations, never a Python loop over items.

@@ -143,6 +143,25 @@ class AttributePool(nn.Module):
             w = w / np.bincount(owner, weights=w, minlength=attrs.n_items)[owner]  # each item's weights sum to 1
             self.link_weight.copy_(torch.from_numpy(w.astype(np.float32)))
 
+    def pool_new(self, flat: Tensor, offsets: Tensor, pooling: str = "mean") -> Tensor:
+        """Pooled vectors (M, D) of items the network never saw, from their attribute indices (CSR).
+
+        The weights are the ones training used: IDF from the training items'
+        attribute counts (an attribute no training item carries gets the
+        largest weight, as a count of one would), or plain means."""
+        count = offsets[1:] - offsets[:-1]  # (M,)
+        owner = torch.repeat_interleave(torch.arange(len(count)), count, output_size=int(flat.numel()))  # (T,)
+        if pooling == "idf":
+            n_train = int(self.offsets.numel()) - 1
+            df = torch.bincount(self.flat, minlength=int(self.weight.shape[0])).to(torch.float64)  # (A,)
+            w = torch.log1p(n_train / df.clamp(min=1.0))[flat]  # (T,)
+        else:
+            w = torch.ones(flat.numel(), dtype=torch.float64)
+        total = torch.zeros(len(count), dtype=torch.float64).index_add_(0, owner, w)  # (M,)
+        w = (w / total[owner]).to(self.weight.dtype)
+        return nn.functional.embedding_bag(flat, self.weight, offsets[:-1], mode="sum",
+                                           per_sample_weights=w)  # (M, D)
+
     def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The attributes of rows (U,) as one list: (attribute ids (T,), weights (T,), bag starts (U,))."""
         start = self.offsets[rows]  # (U,)

@@ -211,6 +211,24 @@ class SessionRNN(nn.Module):
         """Output item vectors (N, H): id rows plus pooled attributes (computed, not cached)."""
         return self.out_emb if self.attr_out is None else self.out_emb + self.attr_out.all()  # (N, H)
 
+    def new_item_vectors(self, attributes: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Output (M, H) and input (M, E) vectors of items outside the training catalogue, from their
+        attribute indices alone: what an unseen item's zero id row plus its pooled attributes give.
+
+        The live catalogue (stream_app/core/catalogue.py) makes a product added after training
+        recommendable with these; a network without attributes cannot (ValueError)."""
+        if self.attr_out is None:
+            raise ValueError("this network has no attribute tables")
+        lengths = torch.tensor([len(a) for a in attributes], dtype=torch.int64)  # (M,)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])  # (M+1,)
+        flat = torch.tensor([j for a in attributes for j in a], dtype=torch.int64)  # (T,)
+        pooling = self.config.attribute_pooling
+        with torch.no_grad():
+            out = self.attr_out.pool_new(flat, offsets, pooling)  # (M, H)
+            pool = self.input_pool()
+            inp = pool.pool_new(flat, offsets, pooling) if pool is not None else out  # (M, E)
+        return out, inp
+
     def folded(self) -> "SessionRNN":
         """An attribute-free copy with the pooled parts added into its tables: same outputs, plain serving.
 

@@ -89,16 +89,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream_app.lab.replay import click_messages, read_log, replay
+    from stream_app.lab.replay import catalogue_messages, click_messages, publish_catalogue, read_log, replay
     from stream_app.worker.topics import ensure_topics
 
     settings = _settings()
     if settings.kafka.needs_embedded:
         raise SystemExit("streamrec replay: set STREAMREC_KAFKA__BOOTSTRAP_SERVERS (e.g. from `streamrec broker`)")
+    if not args.tsv and not args.catalogue:
+        raise SystemExit("streamrec replay: give a click log (TSV), --catalogue FILE, or both")
     ensure_topics(settings)
-    clicks = read_log(Path(args.tsv), limit=args.limit)
-    n = replay(settings, click_messages(clicks, args.user_prefix), rate=args.rate)
-    print(f"replayed {n} clicks to {settings.topics.clicks}", flush=True)
+    if args.catalogue:  # first, so the worker knows the items before the clicks on them
+        n = publish_catalogue(settings, catalogue_messages(Path(args.catalogue)))
+        print(f"published {n} catalogue records to {settings.topics.items}", flush=True)
+    if args.tsv:
+        clicks = read_log(Path(args.tsv), limit=args.limit)
+        n = replay(settings, click_messages(clicks, args.user_prefix), rate=args.rate)
+        print(f"replayed {n} clicks to {settings.topics.clicks}", flush=True)
     return 0
 
 
@@ -133,8 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint path (overrides STREAMREC_MODEL__PATH)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("replay", help="produce a GRU4Rec TSV click log to the clicks topic")
-    p.add_argument("tsv")
+    p = sub.add_parser("replay", help="produce a GRU4Rec TSV click log to the clicks topic, a catalogue to the items topic")
+    p.add_argument("tsv", nargs="?", default="")
+    p.add_argument("--catalogue", default="", help="S3-Rec item2attributes JSON or JSON Lines of items records "
+                   "(docs/input.md#catalogue), published before the clicks")
     p.add_argument("--rate", type=float, default=0.0, help="clicks per second (0: as fast as possible)")
     p.add_argument("--limit", type=int, default=0, help="first N clicks only")
     p.add_argument("--user-prefix", default="u", help="user id = prefix + session id")

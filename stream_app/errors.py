@@ -7,7 +7,8 @@
     ├── ModelLoadError       the checkpoint is missing, corrupt or incompatible
     ├── StateDirError        the local state (RocksDB data dir) does not match the changelog
     ├── DatasetError         a data set cannot be found, fetched or read
-    └── InvalidClick         one click is unusable (dead-lettered with .reason, never raised out of the worker)
+    └── InvalidRecord        one input record is unusable (dead-lettered with .reason, never raised out of the worker)
+        └── InvalidClick     ... a click
 
 Third-party failures are wrapped with ``raise ... from exc``.
 """
@@ -43,10 +44,14 @@ class DatasetError(StreamrecError):
     """A data set the demo or a benchmark needs is missing, cannot be fetched or cannot be read."""
 
 
-class InvalidClick(StreamrecError):
-    """A click that cannot be applied; ``reason`` is a short machine-readable label."""
+class InvalidRecord(StreamrecError):
+    """An input record (a click, a catalogue entry) that cannot be applied; ``reason`` is a short label."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class InvalidClick(InvalidRecord):
+    """A click that cannot be applied."""

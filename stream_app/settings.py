@@ -73,6 +73,8 @@ class TopicSettings(BaseModel):
     clicks: str = "clicks"
     recommendations: str = "recommendations"
     dead_letter: str = "clicks-dlq"
+    items: str = Field("items", description="the compacted catalogue topic (key item id); empty = no live catalogue")
+    items_dead_letter: str = "items-dlq"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
     create_missing: bool = True

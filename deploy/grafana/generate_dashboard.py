@@ -231,6 +231,19 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
                 target(f"sum(rate(streamrec_replayed_clicks_total{{{SEL}}}[{RATE}]))", "replayed (skipped)"),
             ], unit="reqps"), 8, 8),
         ]),
+        ("Catalogue", [
+            (timeseries("Catalogue items by state", [
+                target(f"max by (state) (streamrec_catalogue_items{{{SEL}}})", "{{state}}"),
+            ], description="The live catalogue (items topic) as each worker holds it: trained items available or "
+                           "switched off, items added since training (recommendable through their attributes), "
+                           "and new items without a known attribute (not recommendable until retraining)."), 12, 8),
+            (timeseries("Catalogue records applied and dead-lettered", [
+                target(f"sum(rate(streamrec_catalogue_records_total{{{SEL}}}[{RATE}]))", "applied"),
+                target(f"sum by (reason) (rate(streamrec_catalogue_dead_letters_total{{{SEL}}}[{RATE}]))",
+                       "dead letter: {{reason}}"),
+            ], unit="reqps", description="Every worker reads the whole items topic, so each record is counted "
+                                         "once per worker."), 12, 8),
+        ]),
         ("State", [
             (timeseries("Users in the local tables", [
                 target(f"sum by (instance) (streamrec_users{{{SEL}}})", "{{instance}}"),

@@ -228,6 +228,7 @@ def worker_acls(settings: Settings, principal: str = f"User:{WORKER}", leave_out
 
     * the clicks topic: READ (+ DESCRIBE);
     * the recommendations and dead-letter topics: WRITE (+ DESCRIBE);
+    * the catalogue topic ``items``: READ (+ DESCRIBE), with no consumer group; its dead-letter topic: WRITE;
     * every topic named ``{app_id}-...`` (a prefixed pattern): the table changelog
       ``{app_id}-user_state-changelog`` (written, read back on recovery) and Faust's
       leader-election topic ``{app_id}-__assignor-__leader`` (created by Faust at start
@@ -247,6 +248,8 @@ def worker_acls(settings: Settings, principal: str = f"User:{WORKER}", leave_out
         (ResourceType.TOPIC, t.clicks, literal, ("READ", "DESCRIBE")),
         (ResourceType.TOPIC, t.recommendations, literal, ("WRITE", "DESCRIBE")),
         (ResourceType.TOPIC, t.dead_letter, literal, ("WRITE", "DESCRIBE")),
+        *([(ResourceType.TOPIC, t.items, literal, ("READ", "DESCRIBE")),  # the live catalogue, read whole
+           (ResourceType.TOPIC, t.items_dead_letter, literal, ("WRITE", "DESCRIBE"))] if t.items else []),
         (ResourceType.TOPIC, f"{app_id}-", prefixed, ("READ", "WRITE", "DESCRIBE", "CREATE")),
         (ResourceType.GROUP, app_id, literal, ("READ", "DESCRIBE")),
     ]

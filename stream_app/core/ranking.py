@@ -47,6 +47,31 @@ class Ranker(Protocol):
 
     def top_k(self, queries: torch.Tensor, k: int, exclude: Sequence[Collection[int]]) -> TopK: ...
 
+    def set_blocked(self, items: Collection[int], blocked: bool) -> None:
+        """Switch items off (never returned) or back on: the live catalogue's unavailable items."""
+        ...
+
+
+def merge_top_k(base: TopK, extra_scores: torch.Tensor, offset: int, k: int,
+                exclude: Sequence[Collection[int]]) -> TopK:
+    """``base`` merged with the top of ``extra_scores`` (B, M), whose column j is item ``offset + j``.
+
+    The live catalogue's new items are scored exactly beside the trained ones (a few
+    hundred columns at most between retrainings); -inf columns (unavailable) and
+    each row's excluded columns are left out."""
+    extra = masked_top_k(extra_scores, k, exclude)
+    values: list[list[float]] = []
+    indices: list[list[int]] = []
+    for bv, bi, ev, ei in zip(base.values, base.indices, extra.values, extra.indices):
+        if not ev:
+            values.append(bv)
+            indices.append(bi)
+            continue
+        merged = sorted(zip(bv + ev, bi + [offset + j for j in ei]), key=lambda p: -p[0])[:k]
+        values.append([v for v, _ in merged])
+        indices.append([i for _, i in merged])
+    return TopK(values, indices)
+
 
 def item_matrix(out_emb: torch.Tensor, out_bias: torch.Tensor | None) -> np.ndarray:
     """[e_i, b_i] as a contiguous float32 (N, H+1) array (bias 0 when the model has none)."""
@@ -126,6 +151,22 @@ class ExactRanker:
         bias = self.bias if self.bias is not None else torch.zeros(n, dtype=emb_t.dtype)
         bias = torch.cat([bias, torch.full((pad,), NEG_INF, dtype=emb_t.dtype)])
         self._chunks = [(emb_t[:, s : s + c].contiguous(), bias[s : s + c].contiguous()) for s in range(0, n + pad, c)]
+
+    def set_blocked(self, items: Collection[int], blocked: bool) -> None:
+        """Blocked items get bias -inf (in the chunks too), so neither path can return them."""
+        if not items:
+            return
+        if not getattr(self, "_own_bias", False):  # a copy: the model's parameter stays as trained
+            n = self.n_items
+            self.bias = self.bias.clone() if self.bias is not None else torch.zeros(n, dtype=self.emb_t.dtype)
+            self._bias0 = self.bias.clone()
+            self._own_bias = True
+        idx = torch.as_tensor(list(items), dtype=torch.long)
+        new = torch.full((len(idx),), NEG_INF, dtype=self.bias.dtype) if blocked else self._bias0[idx]
+        self.bias[idx] = new
+        for j, i in enumerate(idx.tolist()):
+            if self._chunks:
+                self._chunks[i // self.chunk][1][i % self.chunk] = new[j]
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
@@ -215,6 +256,7 @@ class AnnRanker:
                 tmp.replace(path)
         index.nprobe = self.probes
         self.index = index
+        self.blocked: set[int] = set()
 
     def _build(self, items: np.ndarray, seed: int) -> object:
         faiss = self._faiss
@@ -229,7 +271,16 @@ class AnnRanker:
         index.add(items)
         return index
 
+    def set_blocked(self, items: Collection[int], blocked: bool) -> None:
+        """Blocked items are skipped like excluded ones (the search asks for that many more)."""
+        if blocked:
+            self.blocked.update(items)
+        else:
+            self.blocked.difference_update(items)
+
     def top_k(self, queries: torch.Tensor, k: int, exclude: Sequence[Collection[int]]) -> TopK:
+        if self.blocked:
+            exclude = [self.blocked.union(e) for e in exclude]
         extra = max((len(e) for e in exclude), default=0)
         want = min(self.n_items, k + extra)
         scores, ids = self.index.search(query_matrix(queries), want)  # (B, want), (B, want)

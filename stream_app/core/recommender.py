@@ -17,7 +17,8 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from stream_app.core.ranking import ExactRanker, Ranker, TopK
+from stream_app.core.catalogue import Applied, Catalogue, ItemRecord, VectorFn
+from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
 
@@ -159,6 +160,7 @@ class Recommender:
         model_version: str,
         policy: Policy,
         ranker: Ranker | None = None,
+        attributes: tuple[Sequence[str], VectorFn] | None = None,
     ) -> None:
         self.model = model
         # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
@@ -170,9 +172,37 @@ class Recommender:
         counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float32))  # (N,)
         self.popularity = counts / counts.sum().clamp(min=1.0)  # (N,)
         self.k = min(policy.k, len(self.item_ids))
-        # the popularity list is the same for everyone: rank it once, filter per row
-        pop = torch.topk(self.popularity, min(len(self.item_ids), self.k + 33))
-        self._popular = (pop.values.tolist(), pop.indices.tolist())
+        self.n_base = len(self.item_ids)
+        # the live catalogue (stream_app/core/catalogue.py): ``attributes`` (the network's attribute names and
+        # SessionRNN.new_item_vectors) let it add new items; without, it can only switch items off and on
+        names, vectors = attributes if attributes is not None else (None, None)
+        self.catalogue = Catalogue(self.item_index, names, vectors, int(model.out_emb.shape[1]),
+                                   int(model.input_table().shape[1]))
+        self._rank_popular()
+
+    def _rank_popular(self) -> None:
+        """The popularity list is the same for everyone: ranked once (and after a catalogue change), filtered per row."""
+        pop = self.popularity.clone()
+        if self.catalogue.blocked:
+            pop[list(self.catalogue.blocked)] = -1.0
+        top = torch.topk(pop, min(self.n_base, self.k + 33))
+        self._popular = tuple(zip(*[(v, i) for v, i in zip(top.values.tolist(), top.indices.tolist()) if v >= 0]))
+        if not self._popular:
+            self._popular = ((), ())
+
+    def apply_catalogue(self, records: Sequence[ItemRecord]) -> Applied:
+        """Catalogue records in: items switched off and on in the ranker, new items made rankable and clickable.
+
+        Called by the shell between batches (the core is single-threaded), so every list
+        produced after the call sees the update."""
+        done = self.catalogue.apply(records)
+        for i in done.added:  # ``item_index`` stays the trained items' (the catalogue's base_index)
+            self.item_ids.append(self.catalogue.new_ids[i - self.n_base])
+        if done.blocked or done.unblocked:
+            self.ranker.set_blocked(done.blocked, True)
+            self.ranker.set_blocked(done.unblocked, False)
+            self._rank_popular()
+        return done
 
     def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
         """Apply a micro-batch in order: the recurrent steps wave by wave, then one ranker call for all.
@@ -196,7 +226,11 @@ class Recommender:
         current: dict[str, tuple[UserState | None, str | None]] = {}
         for inc in batch:
             if inc.click.user_id not in current:
-                current[inc.click.user_id] = load_prior(inc.state_blob, self.model_version)
+                prior, reason = load_prior(inc.state_blob, self.model_version)
+                if prior is not None and min(prior.recent + prior.served, default=0) < 0:  # new items, by code
+                    prior = dataclasses.replace(prior, recent=self.catalogue.from_state(prior.recent),
+                                                served=self.catalogue.from_state(prior.served))
+                current[inc.click.user_id] = (prior, reason)
 
         n_rows = len(batch)
         plans: list[Plan] = [None] * n_rows  # type: ignore[list-item]
@@ -210,6 +244,8 @@ class Recommender:
                 inc = batch[i]
                 prior, load_reason = current[inc.click.user_id]
                 item = self.item_index.get(inc.click.item_id)
+                if item is None and self.catalogue.new_slot:  # an item added through the catalogue
+                    item = self.catalogue.index_of(inc.click.item_id)
                 plan = plan_click(prior, inc.click, inc.source, item, self.policy)
                 if load_reason is not None and plan.reset_reason is None:
                     plan = Plan(plan.action, plan.start, plan.item, load_reason, plan.replayed, plan.online_rank)
@@ -247,7 +283,12 @@ class Recommender:
                 replayed=plan.replayed,
             )
             state = states[i]
-            blob = None if state is None else encode(dataclasses.replace(state, served=tuple(items[:ONLINE_K])))
+            blob = None
+            if state is not None:
+                recent, served = state.recent, tuple(items[:ONLINE_K])
+                if self.catalogue.new_ids:  # new items are stored by their stable code
+                    recent, served = self.catalogue.to_state(recent), self.catalogue.to_state(served)
+                blob = encode(dataclasses.replace(state, recent=recent, served=served))
             outcomes.append(Outcome(
                 state_blob=blob,
                 recommendation=rec,
@@ -269,11 +310,21 @@ class Recommender:
             with torch.inference_mode():
                 h0 = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in step_rows]))  # (B, S)
                 items = torch.tensor([plans[r].item for r in step_rows], dtype=torch.long)  # (B,)
-                h1, _ = self.model.advance(h0, self.model.input_table()[items])  # (B, S)
+                h1, _ = self.model.advance(h0, self._inputs(items))  # (B, S)
                 h1_np = h1.numpy()
             for j, r in enumerate(step_rows):
                 hidden[r] = h1_np[j].copy()
         return hidden
+
+    def _inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """Input vectors (B, E) of item indices (B,): trained rows, and new items' rows from the catalogue."""
+        table = self.model.input_table()
+        new = items >= self.n_base
+        if not self.catalogue.new_ids or not bool(new.any()):
+            return table[items]  # (B, E)
+        x = table[items.clamp(max=self.n_base - 1)].clone()  # (B, E)
+        x[new] = self.catalogue.new_in[items[new] - self.n_base]
+        return x
 
     def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None]) -> TopK:
         """One ranker call for every STEP and SCORE row (from its hidden state); popularity for the rest."""
@@ -286,8 +337,17 @@ class Recommender:
             with torch.inference_mode():
                 state = torch.from_numpy(np.stack([hidden[r] if hidden[r] is not None else self._hidden_of(plans[r])
                                                    for r in model_rows]))  # (B, S)
-                top = self.ranker.top_k(self.model.output_vector(state), self.k,  # (B, H)
-                                        [exclude[r] for r in model_rows])
+                queries = self.model.output_vector(state)  # (B, H)
+                rows_ex = [exclude[r] for r in model_rows]
+                cat = self.catalogue
+                if not cat.new_ids:
+                    top = self.ranker.top_k(queries, self.k, rows_ex)
+                else:  # the trained items by the ranker, the new ones exactly, merged
+                    n = self.n_base
+                    top = merge_top_k(
+                        self.ranker.top_k(queries, self.k, [{i for i in e if i < n} for e in rows_ex]),
+                        torch.addmm(cat.new_bias, queries, cat.new_out.t()),  # (B, M)
+                        n, self.k, [{i - n for i in e if i >= n} for e in rows_ex])
             for j, r in enumerate(model_rows):
                 values[r], indices[r] = top.values[j], top.indices[j]
         pop_values, pop_items = self._popular

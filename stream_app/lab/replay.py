@@ -1,14 +1,19 @@
-"""Replays a GRU4Rec-format click log (SessionId, ItemId, Time) to the clicks topic, each session as one user."""
+"""Replays a GRU4Rec-format click log (SessionId, ItemId, Time) to the clicks topic, each session as one user;
+publishes a catalogue to the items topic."""
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
 
 from stream_app.core.records import Click
+from stream_app.errors import DatasetError
 from stream_app.settings import Settings
 from stream_app.worker.topics import client_kwargs
 
@@ -79,3 +84,43 @@ def replay(
     if on_sent is not None:
         on_sent(n)
     return n
+
+
+def catalogue_messages(path: Path) -> Iterator[tuple[bytes, bytes | None]]:
+    """(key, value) records for the ``items`` topic from a file: an S3-Rec ``NAME_item2attributes.json`` (item ->
+    attribute ids; every item available) or JSON Lines of ``{"item_id", "attributes"?, "available"?}`` objects,
+    where ``{"item_id": ..., "deleted": true}`` is a tombstone. Values are sent as written; the worker validates."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        for item, attrs in whole.items():
+            yield str(item).encode(), orjson.dumps({"attributes": attrs, "available": True})
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            body = json.loads(line)
+            item = str(body["item_id"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}:{n}: not a catalogue line ({exc!r:.80}); expected "
+                               '{"item_id": ..., "attributes": [...], "available": true}') from None
+        yield item.encode(), None if body.get("deleted") is True else line.strip().encode()
+
+
+def publish_catalogue(settings: Settings, messages: Iterable[tuple[bytes, bytes | None]]) -> int:
+    """Send catalogue records to the items topic and flush; returns the count."""
+    prod = producer(settings)
+    n = 0
+    try:
+        for key, value in messages:
+            prod.send(settings.topics.items, key=key, value=value)
+            n += 1
+        prod.flush()
+    finally:
+        prod.close()
+    return n
+

@@ -15,6 +15,7 @@ from stream_app.worker import openapi
 from stream_app.worker.auth import package_version, requires_token
 from stream_app.worker.app import Wiring
 from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
+from stream_app.worker.catalogue import attach_catalogue
 from stream_app.worker.produce import Record
 from stream_app.errors import InvalidClick
 from stream_app.worker.metrics import Metrics
@@ -49,6 +50,7 @@ class Shell:
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
         self.outbox = wiring.outbox
+        self.catalogue = attach_catalogue(wiring.app, recommender, metrics, settings)  # the live items topic
 
     # -- the per-batch path --------------------------------------------------
 
@@ -290,7 +292,7 @@ class Shell:
             recovered = app.tables.recovery.completed.is_set()
         except AttributeError:
             recovered = False
-        return bool(recovered and not app.rebalancing)
+        return bool(recovered and not app.rebalancing and self.catalogue.caught_up.is_set())
 
     def update_gauges(self) -> None:
         app = self.w.app
@@ -349,7 +351,8 @@ class Shell:
             return None
         return {
             "user_id": user_key.decode("utf-8", "replace"),
-            "items": [self.rec.item_ids[i] for i in state.served if 0 <= i < len(self.rec.item_ids)],
+            "items": [self.rec.item_ids[i] for i in self.rec.catalogue.from_state(state.served)
+                      if i < len(self.rec.item_ids)],
             "model_version": state.model_version,
             "last_click_ts": state.last_ts,
             "in_session": state.hidden is not None,
@@ -368,6 +371,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
         if not keep_queue_on_resume(app, stream):
             log.warning("could not exempt the click queue from Faust's clear-on-resume (faust-streaming #596)")
         acks = shell.acks = DeliveryAcks(stream, timeout_s=w.delivery_timeout_s)
+        await shell.catalogue.caught_up.wait()  # no list before the catalogue present at start is applied
         try:
             async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
                                                quiet=w.batch_quiet_ms / 1000.0):

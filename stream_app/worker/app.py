@@ -124,6 +124,17 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
+def aiokafka_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection arguments for a plain aiokafka client beside Faust's (the same brokers and credentials)."""
+    k = settings.kafka
+    credentials = _credentials(settings)
+    return dict(
+        bootstrap_servers=k.servers, security_protocol=k.security_protocol,
+        ssl_context=getattr(credentials, "ssl_context", None) or getattr(credentials, "context", None),
+        sasl_mechanism=k.sasl_mechanism,
+        sasl_plain_username=k.sasl_username or None, sasl_plain_password=k.sasl_password.get_secret_value() or None)
+
+
 def faust_config(settings: Settings) -> dict[str, Any]:
     """faust.App keyword arguments; the embedded broker's quirks only when it is in use."""
     w, k = settings.worker, settings.kafka

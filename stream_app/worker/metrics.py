@@ -40,6 +40,9 @@ class Metrics:
     ready: Gauge
     rebalances: Counter
     recovery_seconds: Gauge
+    catalogue_records: Counter
+    catalogue_items: Gauge
+    catalogue_dead_letters: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
@@ -85,4 +88,12 @@ class Metrics:
             rebalances=Counter("streamrec_rebalances", "Consumer group rebalances seen", registry=r),
             recovery_seconds=Gauge("streamrec_recovery_seconds", "Duration of the last table recovery",
                                    registry=r),
+            catalogue_records=Counter("streamrec_catalogue_records", "Catalogue records applied from the items topic",
+                                      registry=r),
+            catalogue_items=Gauge("streamrec_catalogue_items", "Items of the live catalogue by state (trained or new "
+                                  "since training; available, unavailable; new without a known attribute)",
+                                  ["state"], registry=r),
+            catalogue_dead_letters=Counter("streamrec_catalogue_dead_letters",
+                                           "Catalogue records sent to the catalogue's dead-letter topic", ["reason"],
+                                           registry=r),
         )

@@ -52,8 +52,14 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
     from stream_app.core.ranking import ranker_for
 
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
-                      ranker=ranker_for(settings, ckpt.model, ckpt.version))
+                      ranker=ranker_for(settings, ckpt.model, ckpt.version), attributes=attributes_of(ckpt))
     return rec, ckpt
+
+
+def attributes_of(ckpt: Any) -> Any:
+    """The network's attribute names and its new-item vector function (for the live catalogue), if it has them."""
+    names = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+    return (names, ckpt.network.new_item_vectors) if names else None
 
 
 def new_registry() -> CollectorRegistry:
@@ -221,18 +227,12 @@ def probe_credentials(settings: Settings, timeout_s: float = 10.0) -> None:
         return
     from aiokafka.client import AIOKafkaClient
 
-    from stream_app.worker.app import _credentials
+    from stream_app.worker.app import aiokafka_kwargs
 
-    credentials = _credentials(settings)
     seen = _ClientFailures()
 
     async def connect() -> None:
-        client = AIOKafkaClient(
-            bootstrap_servers=k.servers, security_protocol=k.security_protocol,
-            ssl_context=getattr(credentials, "ssl_context", None) or getattr(credentials, "context", None),
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username or None, sasl_plain_password=k.sasl_password.get_secret_value() or None,
-            request_timeout_ms=int(timeout_s * 1000))
+        client = AIOKafkaClient(**aiokafka_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
         try:
             await asyncio.wait_for(client.bootstrap(), timeout_s)
         finally:

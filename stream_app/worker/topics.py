@@ -39,6 +39,8 @@ def wanted_topics(settings: Settings) -> dict[str, dict[str, str]]:
         t.recommendations: {"cleanup.policy": "compact"},
         t.dead_letter: {},
         changelog_topic(settings): {"cleanup.policy": "compact"},
+        **({t.items: {"cleanup.policy": "compact"},  # any partition count: every worker reads it whole
+            t.items_dead_letter: {"cleanup.policy": "compact"}} if t.items else {}),
     }
 
 

@@ -42,6 +42,9 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_ready": _m("gauge"),
     "streamrec_rebalances_total": _m("counter"),
     "streamrec_recovery_seconds": _m("gauge"),
+    "streamrec_catalogue_records_total": _m("counter"),
+    "streamrec_catalogue_items": _m("gauge", "state"),
+    "streamrec_catalogue_dead_letters_total": _m("counter", "reason"),
 }
 
 # prometheus_client's default collectors (ProcessCollector, PlatformCollector, GCCollector):

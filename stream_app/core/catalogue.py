@@ -1,0 +1,223 @@
+"""The live catalogue: catalogue records in, and in model terms which items may be served and the vectors
+of items added after training. Pure: no Faust, no I/O.
+
+A record on the compacted ``items`` topic is keyed by item id; its value is a
+JSON object ``{"attributes": [ids...], "available": bool}`` (both optional;
+other fields are ignored) or null, a tombstone: the item is gone. Rules and
+reasons are in docs/input.md.
+
+- An item the network was trained on keeps its trained vector; the catalogue
+  only switches it on and off (its attributes are the training data's).
+- An item the network never saw is added with the vector its attributes give
+  (``SessionRNN.new_item_vectors``: a zero id part plus the pooled attribute
+  embeddings, as training starts unseen items), so it can be recommended and
+  clicked (its input vector steps the state) from the next batch on, without
+  retraining. One whose attributes are all unknown to the network has no
+  vector and stays unrecommendable (counted).
+- Unavailable and removed items leave every list produced after the update.
+
+New items get in-memory indices after the trained ones, in the order this
+worker saw them; that order is not the same on every worker or after a
+restart, so the user state (shared through the changelog) stores them by
+:func:`state_code`, a negative number derived from the item id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from stream_app.core.validate import MAX_ID_CHARS, _exact_parse
+from stream_app.errors import InvalidRecord
+
+MAX_ATTRIBUTES = 1024  # per item; LastFM's longest tag list is 625
+NEG_INF = float("-inf")
+
+VectorFn = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]]  # attribute indices -> (out, in)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """One validated catalogue record; ``removed`` for a tombstone (then ``available`` is False)."""
+
+    item_id: str
+    attributes: tuple[str, ...] = ()
+    available: bool = True
+    removed: bool = False
+
+
+def decode_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> ItemRecord:
+    """Validate one ``items`` record; raises InvalidRecord (never anything else) when it is unusable."""
+    if key is None or not key:
+        raise InvalidRecord("missing_key", "catalogue records are keyed by item id")
+    try:
+        item_id = bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRecord("not_utf8", "the key is not UTF-8") from None
+    if len(item_id) > MAX_ID_CHARS:
+        raise InvalidRecord("bad_value", f"item id must have 1 to {MAX_ID_CHARS} characters, got {len(item_id)}")
+    if value is None:
+        return ItemRecord(item_id, (), False, True)
+    if len(value) > max_bytes:
+        raise InvalidRecord("too_large", f"{len(value)} bytes > limit {max_bytes}")
+    body = _exact_parse(bytes(value))
+    if not isinstance(body, dict):
+        raise InvalidRecord("not_object", f"expected a JSON object or null, got {type(body).__name__}")
+    if "item_id" in body and str(body["item_id"]) != item_id:
+        raise InvalidRecord("key_mismatch", "item_id differs from the message key; key records by item id")
+    attrs = body.get("attributes", [])
+    if not isinstance(attrs, list):
+        raise InvalidRecord("bad_type", f"attributes must be a list, got {type(attrs).__name__}")
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise InvalidRecord("bad_value", f"{len(attrs)} attributes > limit {MAX_ATTRIBUTES}")
+    names: list[str] = []
+    for a in attrs:
+        if isinstance(a, bool) or not isinstance(a, (str, int)):
+            raise InvalidRecord("bad_type", f"an attribute must be a string or an integer, got {type(a).__name__}")
+        name = str(a)
+        if not name or len(name) > MAX_ID_CHARS:
+            raise InvalidRecord("bad_value", f"an attribute must have 1 to {MAX_ID_CHARS} characters")
+        names.append(name)
+    available = body.get("available", True)
+    if not isinstance(available, bool):
+        raise InvalidRecord("bad_type", f"available must be true or false, got {type(available).__name__}")
+    return ItemRecord(item_id, tuple(dict.fromkeys(names)), available, False)
+
+
+def state_code(item_id: str) -> int:
+    """The stable negative number a user state stores for an item added through the catalogue."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=4).digest()
+    return -1 - (int.from_bytes(digest, "little") & 0x7FFFFFFF)
+
+
+@dataclass
+class Applied:
+    """What one call of :meth:`Catalogue.apply` changed, for the metrics and the rankers."""
+
+    added: list[int] = field(default_factory=list)  # new items given a vector (their indices)
+    blocked: list[int] = field(default_factory=list)  # trained items switched off
+    unblocked: list[int] = field(default_factory=list)  # trained items switched back on
+    no_vector: int = 0  # new items none of whose attributes the network knows
+    new_changed: bool = False  # the new items' vectors or availability changed
+
+
+class Catalogue:
+    """Availability of every item and the vectors of items added after training (indices ``n_base`` on)."""
+
+    def __init__(self, base_index: Mapping[str, int], attribute_names: Sequence[str] | None,
+                 vectors: VectorFn | None, out_dim: int, in_dim: int) -> None:
+        self.base_index = base_index
+        self.n_base = len(base_index)
+        self.attribute_index = {name: j for j, name in enumerate(attribute_names or ())}
+        self._vectors = vectors if self.attribute_index else None
+        self.blocked: set[int] = set()  # trained items not to serve
+        self.new_ids: list[str] = []
+        self.new_slot: dict[str, int] = {}
+        self.by_code: dict[int, int] = {}  # state code -> index
+        self.new_out = torch.zeros(0, out_dim)  # (M, H)
+        self.new_in = torch.zeros(0, in_dim)  # (M, E)
+        self.new_bias = torch.zeros(0)  # (M,) 0 when available, -inf when not
+        self.unrepresented: set[str] = set()  # new items without a usable attribute
+
+    @property
+    def size(self) -> int:
+        return self.n_base + len(self.new_ids)
+
+    @property
+    def can_add(self) -> bool:
+        """Whether the network has attribute tables (new items can get vectors)."""
+        return self._vectors is not None
+
+    def index_of(self, item_id: str) -> int | None:
+        i = self.base_index.get(item_id)
+        if i is not None:
+            return i
+        slot = self.new_slot.get(item_id)
+        return None if slot is None else self.n_base + slot
+
+    def apply(self, records: Sequence[ItemRecord]) -> Applied:
+        """Fold a batch of records in; later records of one item win."""
+        done = Applied()
+        latest = {r.item_id: r for r in records}
+        fresh: list[tuple[ItemRecord, list[int]]] = []
+        for rec in latest.values():
+            base = self.base_index.get(rec.item_id)
+            if base is not None:
+                if rec.available and base in self.blocked:
+                    self.blocked.discard(base)
+                    done.unblocked.append(base)
+                elif not rec.available and base not in self.blocked:
+                    self.blocked.add(base)
+                    done.blocked.append(base)
+                continue
+            slot = self.new_slot.get(rec.item_id)
+            known = [self.attribute_index[a] for a in rec.attributes if a in self.attribute_index]
+            if slot is not None:
+                self.new_bias[slot] = 0.0 if rec.available else NEG_INF
+                done.new_changed = True
+                if known and not rec.removed:
+                    fresh.append((rec, known))  # new attributes: a new vector
+            elif rec.removed:
+                self.unrepresented.discard(rec.item_id)
+            elif not known or self._vectors is None:
+                self.unrepresented.add(rec.item_id)
+                done.no_vector += 1
+            else:
+                fresh.append((rec, known))
+        if fresh:
+            self._set_vectors(fresh, done)
+        return done
+
+    def _set_vectors(self, fresh: list[tuple[ItemRecord, list[int]]], done: Applied) -> None:
+        assert self._vectors is not None
+        out, inp = self._vectors([known for _, known in fresh])  # (F, H), (F, E)
+        grow = [rec for rec, _ in fresh if rec.item_id not in self.new_slot]
+        if grow:
+            m = len(self.new_ids)
+            for j, rec in enumerate(grow):
+                self.new_slot[rec.item_id] = m + j
+                self.new_ids.append(rec.item_id)
+                self.by_code[state_code(rec.item_id)] = self.n_base + m + j
+                self.unrepresented.discard(rec.item_id)
+                done.added.append(self.n_base + m + j)
+            self.new_out = torch.cat([self.new_out, torch.zeros(len(grow), self.new_out.shape[1])])
+            self.new_in = torch.cat([self.new_in, torch.zeros(len(grow), self.new_in.shape[1])])
+            self.new_bias = torch.cat([self.new_bias, torch.zeros(len(grow))])
+        rows = torch.tensor([self.new_slot[rec.item_id] for rec, _ in fresh])
+        self.new_out[rows] = out.to(self.new_out.dtype)
+        self.new_in[rows] = inp.to(self.new_in.dtype)
+        self.new_bias[rows] = torch.tensor([0.0 if rec.available else NEG_INF for rec, _ in fresh])
+        done.new_changed = True
+
+    # -- user state: new items by their stable code ----------------------------------------------
+
+    def to_state(self, items: Sequence[int]) -> tuple[int, ...]:
+        """In-memory indices -> what the user state stores (new items by :func:`state_code`)."""
+        n = self.n_base
+        return tuple(i if i < n else state_code(self.new_ids[i - n]) for i in items)
+
+    def from_state(self, items: Sequence[int]) -> tuple[int, ...]:
+        """Stored items -> in-memory indices; new items this worker has not seen yet are left out."""
+        out = []
+        for i in items:
+            if i >= 0:
+                out.append(i)
+            else:
+                j = self.by_code.get(i)
+                if j is not None:
+                    out.append(j)
+        return tuple(out)
+
+    def counts(self) -> dict[str, int]:
+        """Items per state, for the ``streamrec_catalogue_items`` gauge."""
+        new_available = int((self.new_bias == 0).sum())
+        return {
+            "trained_available": self.n_base - len(self.blocked),
+            "trained_unavailable": len(self.blocked),
+            "new_available": new_available,
+            "new_unavailable": len(self.new_ids) - new_available,
+            "no_vector": len(self.unrepresented),
+        }

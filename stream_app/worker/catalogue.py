@@ -1,0 +1,159 @@
+"""The live catalogue's shell: every worker reads the compacted ``items`` topic whole into the core.
+
+Why not a Faust ``GlobalTable``: a global table is fed through its changelog,
+and workers holding a changelog partition as active do not see records written
+to it from outside (robinhood/faust #541); the catalogue is written by the
+shop's backend, not by an agent. The compacted topic already is the durable
+store (as in Kafka Streams' GlobalKTable, which reads its source topic
+directly), so each worker runs one group-less consumer over every partition
+from the start, applies the records to the core between click batches (the
+core is single-threaded on the event loop, so every list produced after a
+record was applied reflects it), and holds the first click batch until it has
+read up to the end offsets it found at start: a restarted worker never serves
+an item that was switched off before it stopped.
+
+Bad records get a reason and go to ``items_dead_letter`` (compacted, keyed by
+``topic/partition/offset``, so the copies every worker sends collapse into
+one), with the same headers as the clicks' dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from stream_app.core.catalogue import ItemRecord, decode_item
+from stream_app.core.recommender import Recommender
+from stream_app.core.records import (
+    DEAD_LETTER_DETAIL_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_SOURCE_HEADER,
+)
+from stream_app.errors import InvalidRecord
+from stream_app.settings import Settings
+from stream_app.worker.app import aiokafka_kwargs
+from stream_app.worker.metrics import Metrics
+
+log = logging.getLogger("streamrec.catalogue")
+DEAD_LETTER_KEY_HEADER = "streamrec-key"
+
+
+class CatalogueReader:
+    """Runs as a Faust task; ``caught_up`` is set once the records present at start are applied."""
+
+    def __init__(self, recommender: Recommender, metrics: Metrics, settings: Settings) -> None:
+        self.rec = recommender
+        self.m = metrics
+        self.s = settings
+        self.topic = settings.topics.items
+        self.caught_up = asyncio.Event()
+        self.applied = 0  # records applied since start (the /catalogue page shows it)
+        if not self.topic:
+            self.caught_up.set()
+
+    async def run(self) -> None:
+        """Read forever; a broker error is logged and the read resumes (the worker keeps serving)."""
+        if not self.topic:
+            return
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        kwargs = aiokafka_kwargs(self.s)
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs)
+        producer = AIOKafkaProducer(acks="all", **kwargs)  # copies collapse by key: no idempotence needed
+        await consumer.start()
+        await producer.start()
+        try:
+            ends = await self._assign(consumer)
+            self.update_gauge()
+            while True:
+                try:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                except Exception as exc:  # noqa: BLE001 - a broker hiccup: keep the catalogue as it is, retry
+                    log.warning("reading the catalogue topic %r failed (%r); retrying", self.topic, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                for records in batch.values():
+                    await self._apply(records, producer)
+                if not self.caught_up.is_set() and await self._reached(consumer, ends):
+                    log.info("catalogue read: %d records applied (%s)", self.applied, self.rec.catalogue.counts())
+                    self.caught_up.set()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    @staticmethod
+    async def _reached(consumer: Any, ends: dict[Any, int]) -> bool:
+        for tp, end in ends.items():
+            if await consumer.position(tp) < end:
+                return False
+        return True
+
+    async def _assign(self, consumer: Any) -> dict[Any, int]:
+        """Every partition of the topic, from the start; the end offsets to catch up with."""
+        from aiokafka.structs import TopicPartition
+
+        parts: set[int] = set()
+        for _ in range(100):
+            parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(self.topic) or set()
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        if self.s.kafka.embedded:  # the embedded broker's ListOffsets under-reports (docs/brokers.md)
+            from stream_app.worker.transport import fetch_highwaters
+
+            return dict(await fetch_highwaters(consumer, tps))
+        return dict(await consumer.end_offsets(tps))
+
+    async def _apply(self, records: list[Any], producer: Any) -> None:
+        good: list[ItemRecord] = []
+        for r in records:
+            try:
+                good.append(decode_item(r.key, r.value, max_bytes=self.s.worker.max_event_bytes))
+            except InvalidRecord as error:
+                await self._dead_letter(r, error, producer)
+        if good:
+            done = self.rec.apply_catalogue(good)
+            self.applied += len(good)
+            self.m.catalogue_records.inc(len(good))
+            if done.no_vector:
+                log.warning("%d new catalogue items have no attribute the model knows: not recommendable until "
+                            "the next training", done.no_vector)
+            self.update_gauge()
+
+    async def _dead_letter(self, r: Any, error: InvalidRecord, producer: Any) -> None:
+        source = f"{r.topic}/{r.partition}/{r.offset}"
+        headers = [
+            (DEAD_LETTER_REASON_HEADER, error.reason.encode()),
+            (DEAD_LETTER_DETAIL_HEADER, error.detail.encode("utf-8", "replace")[:512]),
+            (DEAD_LETTER_SOURCE_HEADER, source.encode()),
+            (DEAD_LETTER_KEY_HEADER, (r.key or b"")[:512]),
+        ]
+        await producer.send_and_wait(self.s.topics.items_dead_letter, r.value if r.value is not None else b"",
+                                     key=source.encode(), headers=headers)
+        self.m.catalogue_dead_letters.labels(error.reason).inc()
+        log.warning("catalogue record %s dead-lettered: %s", source, error)
+
+    def update_gauge(self) -> None:
+        for state, n in self.rec.catalogue.counts().items():
+            self.m.catalogue_items.labels(state).set(n)
+
+
+def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics, settings: Settings) -> CatalogueReader:
+    """The reader as a task of the app (every worker runs one) and ``GET /catalogue`` (counts by state)."""
+    reader = CatalogueReader(recommender, metrics, settings)
+
+    @app.task
+    async def read_catalogue() -> None:
+        await reader.run()
+
+    @app.page("/catalogue")
+    async def catalogue_page(web: Any, request: Any) -> Any:
+        return web.json({"topic": reader.topic, "caught_up": reader.caught_up.is_set(),
+                         "records_applied": reader.applied, "items": recommender.catalogue.counts()})
+
+    del read_catalogue, catalogue_page
+    return reader

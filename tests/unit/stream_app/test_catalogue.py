@@ -1,0 +1,137 @@
+"""The live catalogue in the core: record validation, switched-off items, items added after training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.features import ItemAttributes
+from models.rnn import ModelConfig, SessionRNN
+from stream_app.core.catalogue import ItemRecord, decode_item, state_code
+from stream_app.core.ranking import AnnRanker, ExactRanker
+from stream_app.core.recommender import Incoming, Policy, Recommender
+from stream_app.core.records import Click, Source
+from stream_app.core.state import decode
+from stream_app.errors import InvalidRecord
+
+N = 12
+ATTRS = {str(i): [f"c{i % 3}", f"b{i % 4}"] for i in range(N)}
+
+
+def network(seed: int = 0) -> SessionRNN:
+    torch.manual_seed(seed)
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    cfg = ModelConfig(n_items=N, hidden=8, constrained=False, attributes=attrs.n_attributes,
+                      attribute_links=len(attrs.flat), attribute_pooling="idf")
+    net = SessionRNN(cfg).eval()
+    net.load_attributes(attrs)
+    for pool in (net.attr_out, net.attr_in):
+        torch.nn.init.normal_(pool.weight)
+    return net
+
+
+def recommender(net: SessionRNN, k: int = N + 5, attributes: bool = True, **policy: object) -> Recommender:
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    return Recommender(net.folded(), [str(i) for i in range(N)], np.arange(N, 0, -1, dtype=np.float32), "v1",
+                       Policy(k=k, **policy), attributes=(attrs.names, net.new_item_vectors) if attributes else None)
+
+
+def click(rec: Recommender, item: str, offset: int, blob: bytes | None = None, user: str = "u") -> tuple:
+    out = rec.process([Incoming(Click(user, item, 10.0 + offset), Source("clicks", 0, offset, 10.0), blob)],
+                      now=10.0 + offset)[0]
+    return out.recommendation, out.state_blob
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"not json", "not_json"), (b"[1]", "not_object"), (b'{"attributes": "c1"}', "bad_type"),
+    (b'{"attributes": [true]}', "bad_type"), (b'{"available": "yes"}', "bad_type"),
+    (b'{"item_id": "other"}', "key_mismatch"), (b'{"available": true, "available": false}', "duplicate_key"),
+    (b"\xff", "not_utf8"), (b'{"attributes": [""]}', "bad_value"), (b"{" + b" " * 9000 + b"}", "too_large"),
+])
+def test_bad_catalogue_records_have_a_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(InvalidRecord) as err:
+        decode_item(b"i1", value, max_bytes=8192)
+    assert err.value.reason == reason
+    with pytest.raises(InvalidRecord, match="missing_key"):
+        decode_item(None, b"{}", max_bytes=8192)
+
+
+def test_good_records_and_tombstones() -> None:
+    assert decode_item(b"i1", b'{"attributes": ["c1", 7, "c1"], "title": "x"}', max_bytes=99) == \
+        ItemRecord("i1", ("c1", "7"), True, False)
+    assert decode_item(b"i1", b'{"available": false}', max_bytes=99) == ItemRecord("i1", (), False, False)
+    assert decode_item(b"i1", None, max_bytes=99) == ItemRecord("i1", (), False, True)
+
+
+def test_a_new_item_is_ranked_and_clicked_through_its_attributes() -> None:
+    net = network()
+    rec = recommender(net)
+    done = rec.apply_catalogue([ItemRecord("new", ("c1", "b2")), ItemRecord("odd", ("zz",))])
+    assert done.added == [N] and done.no_vector == 1 and rec.catalogue.counts()["no_vector"] == 1
+    got, blob = click(rec, "4", 0)
+    # reference: one exact product over the trained table and the new item's attribute vector (bias 0)
+    out_new, in_new = net.new_item_vectors([[rec.catalogue.attribute_index["c1"], rec.catalogue.attribute_index["b2"]]])
+    plain = net.folded()
+    with torch.no_grad():
+        h, _ = plain.step(plain.zero_state(1), torch.tensor([4]))
+        scores = torch.cat([plain.score(h)[0], (plain.output_vector(h) @ out_new.t())[0]])
+    scores[4] = float("-inf")
+    want = [([str(i) for i in range(N)] + ["new"])[j] for j in torch.topk(scores, N).indices.tolist()]
+    assert list(got.items) == want and "new" in got.items
+    # clicking the new item steps the state with its attribute input vector
+    got2, blob2 = click(rec, "new", 1, blob)
+    state = decode(blob2)
+    with torch.no_grad():
+        h2, _ = plain.advance(h, in_new)
+    assert np.allclose(state.hidden, h2[0].numpy(), atol=1e-5)
+    assert "new" not in got2.items and state.recent[-1] == state_code("new")  # stored by its stable code
+    # another worker that saw the catalogue in another order reads the same state
+    other = recommender(net)
+    other.apply_catalogue([ItemRecord("zeta", ("c0",)), ItemRecord("new", ("c1", "b2"))])
+    got3, _ = click(other, "7", 2, blob2)
+    assert "new" not in got3.items and "zeta" in got3.items  # "new" is still one of the recent clicks
+
+
+def test_unavailable_items_leave_every_list_and_come_back() -> None:
+    rec = recommender(network(), k=5)
+    first, blob = click(rec, "4", 0)
+    gone = first.items[0]
+    rec.apply_catalogue([ItemRecord(gone, (), False), ItemRecord("new", ("c2",), False)])
+    second, blob = click(rec, "5", 1, blob)
+    assert gone not in second.items and "new" not in second.items and len(second.items) == 5
+    popular, _ = click(rec, "unknown", 0, None, user="w")  # popularity list: the most clicked is item "0"
+    assert popular.strategy == "popularity" and gone not in popular.items and len(popular.items) == 5
+    rec.apply_catalogue([ItemRecord("0", (), False, True)])  # a tombstone
+    assert "0" not in click(rec, "unknown", 0, None, user="x")[0].items
+    rec.apply_catalogue([ItemRecord(gone, ("c1",), True), ItemRecord("0", ())])
+    assert rec.catalogue.counts()["trained_unavailable"] == 0
+    assert click(rec, "unknown", 0, None, user="y")[0].items[0] == "0"
+
+
+def test_a_network_without_attributes_only_switches_items() -> None:
+    rec = recommender(network(), attributes=False)
+    done = rec.apply_catalogue([ItemRecord("new", ("c1",)), ItemRecord("3", (), False)])
+    assert done.added == [] and done.no_vector == 1 and done.blocked == [3]
+    got, _ = click(rec, "new", 0)
+    assert got.strategy == "popularity" and "3" not in got.items and "new" not in got.items
+
+
+def test_rankers_never_return_blocked_items() -> None:
+    torch.manual_seed(1)
+    emb, bias, q = torch.randn(400, 6), torch.randn(400), torch.randn(3, 6)
+    grouped = ExactRanker(emb, bias, chunk=64, group=8)
+    assert grouped._chunks  # the grouped path
+    ref = grouped.full_top_k(q, 10, [(), (), ()])
+    blocked = {ref.indices[0][0], ref.indices[1][3], ref.indices[2][9]}
+    for ranker in (grouped, ExactRanker(emb, bias), ExactRanker(emb, None)):
+        ranker.set_blocked(blocked, True)
+        for row in ranker.top_k(q, 10, [(), (5,), ()]).indices:
+            assert not blocked & set(row) and len(row) == 10
+        ranker.set_blocked(blocked, False)
+    assert grouped.top_k(q, 10, [(), (), ()]).indices == ref.indices
+    faiss = pytest.importorskip("faiss")
+    assert faiss is not None
+    ann = AnnRanker(emb, bias, lists=4, probes=4)
+    ann.set_blocked(blocked, True)
+    assert all(not blocked & set(row) for row in ann.top_k(q, 10, [(), (), ()]).indices)

@@ -32,7 +32,10 @@ def spec(version: str) -> dict[str, Any]:
                                      "schema": {"type": "object", "properties": {"status": {"type": "string"}}}}}},
                                      "503": {"description": "a produced record was not delivered; offsets no longer "
                                                             "advance: restart the worker"}}}},
-            "/readyz": {"get": {"summary": "readiness: tables recovered, model loaded, not rebalancing",
+            "/catalogue": {"get": {"summary": "the live catalogue: records applied from the items topic, items by "
+                                              "state (docs/input.md#catalogue)",
+                                   "responses": {"200": {"description": "topic, caught_up, records_applied, items"}}}},
+            "/readyz": {"get": {"summary": "readiness: tables recovered, model loaded, catalogue read, not rebalancing",
                                 "responses": {
                                     "200": {"description": "ready"},
                                     "503": {"description": "not ready yet (recovering or rebalancing)"}}}},

@@ -34,6 +34,8 @@ from stream_app.core.validate import MAX_ID_CHARS, _exact_parse
 from stream_app.errors import InvalidRecord
 
 MAX_ATTRIBUTES = 1024  # per item; LastFM's longest tag list is 625
+REASONS = ("missing_key", "not_utf8", "bad_value", "too_large", "not_json", "not_object", "duplicate_key",
+           "key_mismatch", "bad_type")  # every reason decode_item gives (docs/input.md#catalogue)
 NEG_INF = float("-inf")
 
 VectorFn = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]]  # attribute indices -> (out, in)

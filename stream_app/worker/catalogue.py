@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import Any
 
-from stream_app.core.catalogue import ItemRecord, decode_item
+from stream_app.core.catalogue import REASONS, ItemRecord, decode_item
 from stream_app.core.recommender import Recommender
 from stream_app.core.records import (
     DEAD_LETTER_DETAIL_HEADER,
@@ -51,6 +51,8 @@ class CatalogueReader:
         self.applied = 0  # records applied since start (the /catalogue page shows it)
         if not self.topic:
             self.caught_up.set()
+        for reason in REASONS:  # every series exported from the start, at zero
+            metrics.catalogue_dead_letters.labels(reason)
 
     async def run(self) -> None:
         """Read forever; a broker error is logged and the read resumes (the worker keeps serving)."""

@@ -369,13 +369,17 @@ def train_file(
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     presets_dir: str | Path = "presets",
+    attributes_path: str | None = None,
 ) -> tuple[SessionRNN, dict[str, Any]]:
     """Read a GRU4Rec TSV, train, and write a checkpoint. Returns (model, meta).
 
     Without ``cfg`` the configuration is resolved from ``preset`` (default:
-    chosen by the number of items) and ``overrides``.
+    chosen by the number of items) and ``overrides``. ``attributes_path``, an
+    S3-Rec style ``item2attributes.json``, adds pooled attribute vectors to the
+    items (models/features.py), as for user sequences.
     """
     from models.checkpoint import save_checkpoint
+    from models.features import ItemAttributes, read_attributes
 
     t0 = time.perf_counter()
     log_train = read_tsv(train_path)
@@ -391,9 +395,12 @@ def train_file(
     valid = None
     if valid_path:
         valid, _ = encode(read_tsv(valid_path), index)
+    attrs = ItemAttributes.build(item_ids, read_attributes(attributes_path)) if attributes_path else None
     load_secs = time.perf_counter() - t0
-    model, meta = fit(sessions, counts, cfg, valid, progress=progress, log=log)
+    model, meta = fit(sessions, counts, cfg, valid, progress=progress, log=log, attributes=attrs)
     meta.update(
+        attributes_path=str(Path(attributes_path).resolve()) if attributes_path else None,
+        attributes=attrs.to_meta() if attrs is not None and model.attr_out is not None else None,
         train_path=str(Path(train_path).resolve()),
         valid_path=str(Path(valid_path).resolve()) if valid_path else None,
         n_items=len(item_ids),

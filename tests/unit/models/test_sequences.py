@@ -231,3 +231,19 @@ def test_worker_core_serves_an_attribute_checkpoint(tmp_path: Path) -> None:
         _, scores = net.step(net.zero_state(1), torch.tensor([ckpt.item_index["7"]]))
     want = [ckpt.item_ids[j] for j in torch.topk(scores[0], 5).indices.tolist()]
     assert list(got.recommendation.items) == want
+
+
+def test_click_log_training_takes_attributes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`streamrec train TSV --item-attributes F`: the checkpoint can give new items vectors (the live catalogue)."""
+    seq, att = group_world(tmp_path, cold=False)
+    prepare_sequences(str(seq), str(tmp_path / "p"))
+    ck = tmp_path / "m.pt"
+    assert offline_main(["train", str(tmp_path / "p" / "train_full.tsv"), "--item-attributes", str(att),
+                         "--out", str(ck), "--epochs", "1", "--hidden", "16", "--quiet"]) == 0
+    ckpt = load_checkpoint(ck)
+    assert ckpt.network is not None and ckpt.network.attr_out is not None and ckpt.model.attr_out is None
+    names = ckpt.meta["attributes"]["names"]
+    out, inp = ckpt.network.new_item_vectors([[names.index("103")]])
+    assert out.shape == (1, ckpt.model.out_emb.shape[1]) and torch.isfinite(inp).all()
+    with torch.no_grad():  # a new item of group 103 gets exactly the attribute part of that group's items
+        assert torch.allclose(out[0], ckpt.network.attr_out.all()[ckpt.item_index["16"]], atol=1e-6)

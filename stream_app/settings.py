@@ -86,7 +86,7 @@ class ModelSettings(BaseModel):
     path: Path = Path("var/model.pt")
     k: int = Field(20, ge=1, le=1000)
     exclude_clicked: bool = True
-    recent_items: int = Field(5, ge=0, le=32)
+    recent_items: int = Field(5, ge=0, le=255)
     # exact: one batched product over all items (default); ann: faiss IVF index
     # (max inner product over [item embedding, bias]), for catalogues of 1M+ items
     index: Literal["exact", "ann"] = "exact"

@@ -101,6 +101,9 @@ class CatalogueReader:
             if parts:
                 break
             await asyncio.sleep(0.1)
+        if not parts:
+            log.warning("the catalogue topic %r does not exist: no live catalogue until the worker restarts with it "
+                        "(create it compacted; docs/input.md#catalogue)", self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -10,7 +10,8 @@ reasons are in docs/input.md.
   only switches it on and off (its attributes are the training data's).
 - An item the network never saw is added with the vector its attributes give
   (``SessionRNN.new_item_vectors``: a zero id part plus the pooled attribute
-  embeddings, as training starts unseen items), so it can be recommended and
+  embeddings, as training starts unseen items, and the mean bias of the
+  trained items sharing its attributes), so it can be recommended and
   clicked (its input vector steps the state) from the next batch on, without
   retraining. One whose attributes are all unknown to the network has no
   vector and stays unrecommendable (counted).
@@ -38,7 +39,7 @@ REASONS = ("missing_key", "not_utf8", "bad_value", "too_large", "not_json", "not
            "key_mismatch", "bad_type")  # every reason decode_item gives (docs/input.md#catalogue)
 NEG_INF = float("-inf")
 
-VectorFn = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]]  # attribute indices -> (out, in)
+VectorFn = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> (out, in, bias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ class Catalogue:
         self.by_code: dict[int, int] = {}  # state code -> index
         self.new_out = torch.zeros(0, out_dim)  # (M, H)
         self.new_in = torch.zeros(0, in_dim)  # (M, E)
-        self.new_bias = torch.zeros(0)  # (M,) 0 when available, -inf when not
+        self.new_bias = torch.zeros(0)  # (M,) the item's bias when available, -inf when not
+        self.new_base_bias = torch.zeros(0)  # (M,) the bias its attributes give
         self.unrepresented: set[str] = set()  # new items without a usable attribute
 
     @property
@@ -158,7 +160,7 @@ class Catalogue:
             slot = self.new_slot.get(rec.item_id)
             known = [self.attribute_index[a] for a in rec.attributes if a in self.attribute_index]
             if slot is not None:
-                self.new_bias[slot] = 0.0 if rec.available else NEG_INF
+                self.new_bias[slot] = self.new_base_bias[slot] if rec.available else NEG_INF
                 done.new_changed = True
                 if known and not rec.removed:
                     fresh.append((rec, known))  # new attributes: a new vector
@@ -175,7 +177,7 @@ class Catalogue:
 
     def _set_vectors(self, fresh: list[tuple[ItemRecord, list[int]]], done: Applied) -> None:
         assert self._vectors is not None
-        out, inp = self._vectors([known for _, known in fresh])  # (F, H), (F, E)
+        out, inp, bias = self._vectors([known for _, known in fresh])  # (F, H), (F, E), (F,)
         grow = [rec for rec, _ in fresh if rec.item_id not in self.new_slot]
         if grow:
             m = len(self.new_ids)
@@ -188,10 +190,13 @@ class Catalogue:
             self.new_out = torch.cat([self.new_out, torch.zeros(len(grow), self.new_out.shape[1])])
             self.new_in = torch.cat([self.new_in, torch.zeros(len(grow), self.new_in.shape[1])])
             self.new_bias = torch.cat([self.new_bias, torch.zeros(len(grow))])
+            self.new_base_bias = torch.cat([self.new_base_bias, torch.zeros(len(grow))])
         rows = torch.tensor([self.new_slot[rec.item_id] for rec, _ in fresh])
         self.new_out[rows] = out.to(self.new_out.dtype)
         self.new_in[rows] = inp.to(self.new_in.dtype)
-        self.new_bias[rows] = torch.tensor([0.0 if rec.available else NEG_INF for rec, _ in fresh])
+        self.new_base_bias[rows] = bias.to(self.new_bias.dtype)
+        available = torch.tensor([rec.available for rec, _ in fresh])
+        self.new_bias[rows] = torch.where(available, self.new_base_bias[rows], NEG_INF)
         done.new_changed = True
 
     # -- user state: new items by their stable code ----------------------------------------------
@@ -215,7 +220,7 @@ class Catalogue:
 
     def counts(self) -> dict[str, int]:
         """Items per state, for the ``streamrec_catalogue_items`` gauge."""
-        new_available = int((self.new_bias == 0).sum())
+        new_available = int(torch.isfinite(self.new_bias).sum())
         return {
             "trained_available": self.n_base - len(self.blocked),
             "trained_unavailable": len(self.blocked),

@@ -243,7 +243,7 @@ def test_click_log_training_takes_attributes(tmp_path: Path, capsys: pytest.Capt
     ckpt = load_checkpoint(ck)
     assert ckpt.network is not None and ckpt.network.attr_out is not None and ckpt.model.attr_out is None
     names = ckpt.meta["attributes"]["names"]
-    out, inp = ckpt.network.new_item_vectors([[names.index("103")]])
+    out, inp, _ = ckpt.network.new_item_vectors([[names.index("103")]])
     assert out.shape == (1, ckpt.model.out_emb.shape[1]) and torch.isfinite(inp).all()
     with torch.no_grad():  # a new item of group 103 gets exactly the attribute part of that group's items
         assert torch.allclose(out[0], ckpt.network.attr_out.all()[ckpt.item_index["16"]], atol=1e-6)

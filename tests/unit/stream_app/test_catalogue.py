@@ -28,6 +28,8 @@ def network(seed: int = 0) -> SessionRNN:
     net.load_attributes(attrs)
     for pool in (net.attr_out, net.attr_in):
         torch.nn.init.normal_(pool.weight)
+    with torch.no_grad():
+        net.out_bias.normal_()
     return net
 
 
@@ -71,11 +73,15 @@ def test_a_new_item_is_ranked_and_clicked_through_its_attributes() -> None:
     assert done.added == [N] and done.no_vector == 1 and rec.catalogue.counts()["no_vector"] == 1
     got, blob = click(rec, "4", 0)
     # reference: one exact product over the trained table and the new item's attribute vector (bias 0)
-    out_new, in_new = net.new_item_vectors([[rec.catalogue.attribute_index["c1"], rec.catalogue.attribute_index["b2"]]])
+    out_new, in_new, b_new = net.new_item_vectors([[rec.catalogue.attribute_index["c1"],
+                                                    rec.catalogue.attribute_index["b2"]]])
+    b = net.out_bias.detach()  # the new item's bias: the mean of its attributes' mean trained bias
+    peers = (b[[i for i in range(N) if i % 3 == 1]].mean() + b[[i for i in range(N) if i % 4 == 2]].mean()) / 2
+    assert torch.allclose(b_new[0], peers, atol=1e-6)
     plain = net.folded()
     with torch.no_grad():
         h, _ = plain.step(plain.zero_state(1), torch.tensor([4]))
-        scores = torch.cat([plain.score(h)[0], (plain.output_vector(h) @ out_new.t())[0]])
+        scores = torch.cat([plain.score(h)[0], (plain.output_vector(h) @ out_new.t())[0] + b_new])
     scores[4] = float("-inf")
     want = [([str(i) for i in range(N)] + ["new"])[j] for j in torch.topk(scores, N).indices.tolist()]
     assert list(got.items) == want and "new" in got.items

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+NEW_ITEM_SCALE = 0.65  # chosen on MovieLens-100k validation clicks (docs/input.md#catalogue)
+
 class KafkaSettings(BaseModel):
     """How to reach the brokers; empty bootstrap servers means: start the embedded broker."""
 
@@ -87,6 +89,8 @@ class ModelSettings(BaseModel):
     k: int = Field(20, ge=1, le=1000)
     exclude_clicked: bool = True
     recent_items: int = Field(5, ge=0, le=255)
+    new_item_scale: float = Field(NEW_ITEM_SCALE, gt=0, le=1, description="items added through the catalogue: "
+                                  "their attribute vector's scale on the output side (docs/input.md#catalogue)")
     # exact: one batched product over all items (default); ann: faiss IVF index
     # (max inner product over [item embedding, bias]), for catalogues of 1M+ items
     index: Literal["exact", "ann"] = "exact"

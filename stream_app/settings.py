@@ -89,6 +89,8 @@ class ModelSettings(BaseModel):
     k: int = Field(20, ge=1, le=1000)
     exclude_clicked: bool = True
     recent_items: int = Field(5, ge=0, le=255)
+    excluded_attributes: str = Field("", description="comma-separated attribute ids: items carrying any are never "
+                                     "served (a business rule as data; needs a checkpoint trained with attributes)")
     new_item_scale: float = Field(NEW_ITEM_SCALE, gt=0, le=1, description="items added through the catalogue: "
                                   "their attribute vector's scale on the output side (docs/input.md#catalogue)")
     # exact: one batched product over all items (default); ann: faiss IVF index

@@ -26,14 +26,16 @@ restart, so the user state (shared through the changelog) stores them by
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
 from stream_app.core.validate import MAX_ID_CHARS, _exact_parse
-from stream_app.errors import InvalidRecord
+from stream_app.errors import InvalidRecord, ModelLoadError
 
+log = logging.getLogger("streamrec.catalogue")
 MAX_ATTRIBUTES = 1024  # per item; LastFM's longest tag list is 625
 REASONS = ("missing_key", "not_utf8", "bad_value", "too_large", "not_json", "not_object", "duplicate_key",
            "key_mismatch", "bad_type")  # every reason decode_item gives (docs/input.md#catalogue)
@@ -111,8 +113,12 @@ class Catalogue:
     """Availability of every item and the vectors of items added after training (indices ``n_base`` on)."""
 
     def __init__(self, base_index: Mapping[str, int], attribute_names: Sequence[str] | None,
-                 vectors: VectorFn | None, out_dim: int, in_dim: int) -> None:
+                 vectors: VectorFn | None, out_dim: int, in_dim: int,
+                 excluded: Collection[int] = (), excluded_attributes: Collection[str] = ()) -> None:
         self.base_index = base_index
+        self.excluded = set(excluded)  # trained items never served (STREAMREC_MODEL__EXCLUDED_ATTRIBUTES)
+        self.excluded_attributes = set(excluded_attributes)
+        self._excluded_new: dict[str, bool] = {}  # new item -> carries an excluded attribute
         self.n_base = len(base_index)
         self.attribute_index = {name: j for j, name in enumerate(attribute_names or ())}
         self._vectors = vectors if self.attribute_index else None
@@ -149,6 +155,8 @@ class Catalogue:
         fresh: list[tuple[ItemRecord, list[int]]] = []
         for rec in latest.values():
             base = self.base_index.get(rec.item_id)
+            if base is not None and base in self.excluded:
+                continue  # never served, whatever the catalogue says
             if base is not None:
                 if rec.available and base in self.blocked:
                     self.blocked.discard(base)
@@ -157,6 +165,10 @@ class Catalogue:
                     self.blocked.add(base)
                     done.blocked.append(base)
                 continue
+            if rec.attributes:  # a record without attributes keeps the item's earlier verdict
+                self._excluded_new[rec.item_id] = bool(self.excluded_attributes.intersection(rec.attributes))
+            if self._excluded_new.get(rec.item_id):
+                rec = ItemRecord(rec.item_id, rec.attributes, False, rec.removed)  # known, never served
             slot = self.new_slot.get(rec.item_id)
             known = [self.attribute_index[a] for a in rec.attributes if a in self.attribute_index]
             if slot is not None:
@@ -222,9 +234,51 @@ class Catalogue:
         """Items per state, for the ``streamrec_catalogue_items`` gauge."""
         new_available = int(torch.isfinite(self.new_bias).sum())
         return {
-            "trained_available": self.n_base - len(self.blocked),
+            "trained_available": self.n_base - len(self.blocked) - len(self.excluded),
             "trained_unavailable": len(self.blocked),
+            "trained_excluded": len(self.excluded),
             "new_available": new_available,
             "new_unavailable": len(self.new_ids) - new_available,
             "no_vector": len(self.unrepresented),
         }
+
+
+# -- from a checkpoint (models.checkpoint.Checkpoint) to the catalogue's inputs ---------------------------
+
+def excluded_by(ckpt: Any, spec: str) -> tuple[list[int], list[str]]:
+    """STREAMREC_MODEL__EXCLUDED_ATTRIBUTES as (trained items carrying one, the attribute ids); fails fast when
+    the checkpoint has no attributes to match them against."""
+    names = [a.strip() for a in spec.split(",") if a.strip()]
+    if not names:
+        return [], []
+    known = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+    if not known:
+        raise ModelLoadError("STREAMREC_MODEL__EXCLUDED_ATTRIBUTES needs a checkpoint trained with "
+                             "--item-attributes; this one has no attributes")
+    index = {a: j for j, a in enumerate(known)}
+    wanted = torch.tensor([index[a] for a in names if a in index], dtype=torch.long)
+    if len(wanted) == 0:
+        log.warning("none of STREAMREC_MODEL__EXCLUDED_ATTRIBUTES %s is an attribute of the model: only new "
+                    "catalogue items can be excluded", names)
+        return [], names
+    pool = ckpt.network.attr_out
+    owner = torch.repeat_interleave(torch.arange(len(pool.offsets) - 1), pool.offsets[1:] - pool.offsets[:-1])
+    hit = torch.isin(pool.flat, wanted)  # (L,) links to an excluded attribute
+    return sorted(set(owner[hit].tolist())), names
+
+
+def attributes_of(ckpt: Any, scale: float = 1.0) -> Any:
+    """The network's attribute names and its new-item vector function (for the live catalogue), if it has them.
+
+    The output vectors are scaled by ``scale`` (STREAMREC_MODEL__NEW_ITEM_SCALE): an attribute-only vector is
+    close to the centre of its peers, which scores well against most sessions, so at full length new items
+    crowd the lists (docs/input.md#catalogue has the measurement)."""
+    names = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+    if not names:
+        return None
+
+    def vectors(attributes: list[list[int]]) -> Any:
+        out, inp, bias = ckpt.network.new_item_vectors(attributes)
+        return out * scale, inp, bias
+
+    return names, vectors

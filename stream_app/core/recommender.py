@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Collection, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -161,6 +161,7 @@ class Recommender:
         policy: Policy,
         ranker: Ranker | None = None,
         attributes: tuple[Sequence[str], VectorFn] | None = None,
+        excluded: tuple[Collection[int], Collection[str]] = ((), ()),
     ) -> None:
         self.model = model
         # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
@@ -176,15 +177,18 @@ class Recommender:
         # the live catalogue (stream_app/core/catalogue.py): ``attributes`` (the network's attribute names and
         # SessionRNN.new_item_vectors) let it add new items; without, it can only switch items off and on
         names, vectors = attributes if attributes is not None else (None, None)
+        # ``excluded``: trained items never served and the attribute ids that exclude new ones (business rules)
         self.catalogue = Catalogue(self.item_index, names, vectors, int(model.out_emb.shape[1]),
-                                   int(model.input_table().shape[1]))
+                                   int(model.input_table().shape[1]), excluded[0], excluded[1])
+        self.ranker.set_blocked(self.catalogue.excluded, True)
         self._rank_popular()
 
     def _rank_popular(self) -> None:
         """The popularity list is the same for everyone: ranked once (and after a catalogue change), filtered per row."""
         pop = self.popularity.clone()
-        if self.catalogue.blocked:
-            pop[list(self.catalogue.blocked)] = -1.0
+        off = self.catalogue.blocked | self.catalogue.excluded
+        if off:
+            pop[list(off)] = -1.0
         top = torch.topk(pop, min(self.n_base, self.k + 33))
         self._popular = tuple(zip(*[(v, i) for v, i in zip(top.values.tolist(), top.indices.tolist()) if v >= 0]))
         if not self._popular:

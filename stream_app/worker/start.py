@@ -49,28 +49,13 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         counts = np.zeros(len(ckpt.item_ids), dtype=np.float32)
         for rank, i in enumerate(ckpt.popular(len(ckpt.item_ids))):
             counts[i] = len(ckpt.item_ids) - rank
+    from stream_app.core.catalogue import attributes_of, excluded_by
     from stream_app.core.ranking import ranker_for
 
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
-                      ranker=ranker_for(settings, ckpt.model, ckpt.version), attributes=attributes_of(ckpt, m.new_item_scale))
+                      ranker=ranker_for(settings, ckpt.model, ckpt.version),
+                      attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes))
     return rec, ckpt
-
-
-def attributes_of(ckpt: Any, scale: float = 1.0) -> Any:
-    """The network's attribute names and its new-item vector function (for the live catalogue), if it has them.
-
-    The output vectors are scaled by ``scale`` (STREAMREC_MODEL__NEW_ITEM_SCALE): an attribute-only vector is
-    close to the centre of its peers, which scores well against most sessions, so at full length new items
-    crowd the lists (docs/input.md#catalogue has the measurement)."""
-    names = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
-    if not names:
-        return None
-
-    def vectors(attributes: list[list[int]]) -> Any:
-        out, inp, bias = ckpt.network.new_item_vectors(attributes)
-        return out * scale, inp, bias
-
-    return names, vectors
 
 
 def new_registry() -> CollectorRegistry:

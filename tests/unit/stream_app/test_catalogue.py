@@ -141,3 +141,37 @@ def test_rankers_never_return_blocked_items() -> None:
     ann = AnnRanker(emb, bias, lists=4, probes=4)
     ann.set_blocked(blocked, True)
     assert all(not blocked & set(row) for row in ann.top_k(q, 10, [(), (), ()]).indices)
+
+
+def test_excluded_attributes_are_never_served() -> None:
+    """A business rule as data: items carrying an excluded attribute leave every list, trained or new."""
+    net = network()
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    trained = [i for i in range(N) if i % 3 == 2]  # the items of attribute c2
+    rec = Recommender(net.folded(), [str(i) for i in range(N)], np.arange(N, 0, -1, dtype=np.float32), "v1",
+                      Policy(k=N), attributes=(attrs.names, net.new_item_vectors), excluded=(trained, ["c2"]))
+    rec.apply_catalogue([ItemRecord("n1", ("c2", "b1")), ItemRecord("n2", ("c1",)), ItemRecord("2", ())])
+    rec.apply_catalogue([ItemRecord("n1", ())])  # no attributes: still excluded
+    assert rec.catalogue.counts()["trained_excluded"] == len(trained)
+    for user, item in (("a", "4"), ("b", "unknown")):  # a model list and a popularity list
+        got, _ = click(rec, item, 0, None, user=user)
+        assert not {str(i) for i in trained} & set(got.items) and "n1" not in got.items
+        assert len(got.items) == N - len(trained) - (item == "4") + ("n2" in got.items)
+
+
+def test_excluded_attributes_from_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from stream_app.errors import ModelLoadError
+    from stream_app.core.catalogue import excluded_by
+
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    save_checkpoint(tmp_path / "a.pt", network(), [str(i) for i in range(N)], list(range(N)),
+                    {"attributes": attrs.to_meta()})
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    items, names = excluded_by(ckpt, " c2, b0 ,zz")
+    assert items == sorted({i for i in range(N) if i % 3 == 2 or i % 4 == 0}) and names == ["c2", "b0", "zz"]
+    assert excluded_by(ckpt, "") == ([], [])
+    plain = SessionRNN(ModelConfig(n_items=N, hidden=8))
+    save_checkpoint(tmp_path / "p.pt", plain, [str(i) for i in range(N)], list(range(N)), {})
+    with pytest.raises(ModelLoadError, match="EXCLUDED_ATTRIBUTES"):
+        excluded_by(load_checkpoint(tmp_path / "p.pt"), "c2")

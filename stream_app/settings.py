@@ -91,6 +91,10 @@ class ModelSettings(BaseModel):
     recent_items: int = Field(5, ge=0, le=255)
     excluded_attributes: str = Field("", description="comma-separated attribute ids: items carrying any are never "
                                      "served (a business rule as data; needs a checkpoint trained with attributes)")
+    max_per_attribute: int = Field(0, ge=0, description="at most this many items sharing one capped attribute "
+                                   "per list, refilled from the next candidates; 0 = no cap")
+    capped_attributes: str = Field("", description="prefix of the attribute ids that are capped (e.g. genre:); "
+                                   "empty = every attribute")
     new_item_scale: float = Field(NEW_ITEM_SCALE, gt=0, le=1, description="items added through the catalogue: "
                                   "their attribute vector's scale on the output side (docs/input.md#catalogue)")
     # exact: one batched product over all items (default); ann: faiss IVF index

@@ -236,13 +236,19 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
                 target(f"max by (state) (streamrec_catalogue_items{{{SEL}}})", "{{state}}"),
             ], description="The live catalogue (items topic) as each worker holds it: trained items available or "
                            "switched off, items added since training (recommendable through their attributes), "
-                           "and new items without a known attribute (not recommendable until retraining)."), 12, 8),
+                           "and new items without a known attribute (not recommendable until retraining)."), 8, 8),
             (timeseries("Catalogue records applied and dead-lettered", [
                 target(f"sum(rate(streamrec_catalogue_records_total{{{SEL}}}[{RATE}]))", "applied"),
                 target(f"sum by (reason) (rate(streamrec_catalogue_dead_letters_total{{{SEL}}}[{RATE}]))",
                        "dead letter: {{reason}}"),
             ], unit="reqps", description="Every worker reads the whole items topic, so each record is counted "
-                                         "once per worker."), 12, 8),
+                                         "once per worker."), 8, 8),
+            (timeseries("Short lists", [
+                target(ratio.format(num="streamrec_short_lists_total", den="streamrec_clicks_consumed_total",
+                                    sel=SEL, w=RATE), "lists under k / clicks"),
+            ], unit="percentunit", description="Lists published with fewer than k items: the candidates ran out "
+                                               "after recent clicks, unavailable or excluded items and the "
+                                               "per-attribute cap (STREAMREC_MODEL__MAX_PER_ATTRIBUTE)."), 8, 8),
         ]),
         ("State", [
             (timeseries("Users in the local tables", [

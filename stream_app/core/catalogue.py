@@ -118,6 +118,10 @@ class Catalogue:
         self.base_index = base_index
         self.excluded = set(excluded)  # trained items never served (STREAMREC_MODEL__EXCLUDED_ATTRIBUTES)
         self.excluded_attributes = set(excluded_attributes)
+        self.base_attributes: tuple[Any, Any] | None = None  # (flat, offsets) of the trained items' attributes
+        self._capped: set[int] = set()  # attribute indices a list may hold only so many items of
+        self._groups: list[tuple[int, ...]] = []
+        self._new_groups: list[tuple[int, ...]] = []
         self._excluded_new: dict[str, bool] = {}  # new item -> carries an excluded attribute
         self.n_base = len(base_index)
         self.attribute_index = {name: j for j, name in enumerate(attribute_names or ())}
@@ -140,6 +144,22 @@ class Catalogue:
     def can_add(self) -> bool:
         """Whether the network has attribute tables (new items can get vectors)."""
         return self._vectors is not None
+
+    def cap_groups(self, prefix: str) -> None:
+        """Cap the attributes whose ids start with ``prefix``: each item's capped attributes, for :meth:`groups_of`."""
+        self._capped = {j for name, j in self.attribute_index.items() if name.startswith(prefix)}
+        if self.base_attributes is None:
+            self._groups = [()] * self.n_base
+            return
+        flat, offsets = (list(map(int, a)) for a in self.base_attributes)
+        capped = self._capped
+        self._groups = [tuple(j for j in flat[offsets[i]:offsets[i + 1]] if j in capped) for i in range(self.n_base)]
+
+    def groups_of(self, i: int) -> tuple[int, ...]:
+        """The capped attributes of item ``i`` (none before :meth:`cap_groups`)."""
+        if i < self.n_base:
+            return self._groups[i] if self._groups else ()
+        return self._new_groups[i - self.n_base]
 
     def index_of(self, item_id: str) -> int | None:
         i = self.base_index.get(item_id)
@@ -198,11 +218,14 @@ class Catalogue:
                 self.new_ids.append(rec.item_id)
                 self.by_code[state_code(rec.item_id)] = self.n_base + m + j
                 self.unrepresented.discard(rec.item_id)
+                self._new_groups.append(())
                 done.added.append(self.n_base + m + j)
             self.new_out = torch.cat([self.new_out, torch.zeros(len(grow), self.new_out.shape[1])])
             self.new_in = torch.cat([self.new_in, torch.zeros(len(grow), self.new_in.shape[1])])
             self.new_bias = torch.cat([self.new_bias, torch.zeros(len(grow))])
             self.new_base_bias = torch.cat([self.new_base_bias, torch.zeros(len(grow))])
+        for rec, known in fresh:
+            self._new_groups[self.new_slot[rec.item_id]] = tuple(j for j in known if j in self._capped)
         rows = torch.tensor([self.new_slot[rec.item_id] for rec, _ in fresh])
         self.new_out[rows] = out.to(self.new_out.dtype)
         self.new_in[rows] = inp.to(self.new_in.dtype)
@@ -281,4 +304,5 @@ def attributes_of(ckpt: Any, scale: float = 1.0) -> Any:
         out, inp, bias = ckpt.network.new_item_vectors(attributes)
         return out * scale, inp, bias
 
-    return names, vectors
+    pool = ckpt.network.attr_out
+    return names, vectors, (pool.flat, pool.offsets)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Collection, Protocol, Sequence
+from typing import Any, Collection, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from stream_app.core.catalogue import Applied, Catalogue, ItemRecord, VectorFn
+from stream_app.core.catalogue import Applied, Catalogue, ItemRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
+from stream_app.core.shaping import cap_per_group
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
 
 ONLINE_K = 20  # online quality is Recall@20 / MRR@20 of the served lists
@@ -48,6 +49,8 @@ class Policy:
     recent_items: int = 5
     gap_s: float = 1800.0
     keep_across_sessions: bool = False
+    max_per_attribute: int = 0  # at most this many items of one capped attribute per list; 0 = no cap
+    capped_prefix: str = ""  # the attribute ids that are capped start with this (empty: every attribute)
 
 
 class Action(enum.Enum):
@@ -160,7 +163,7 @@ class Recommender:
         model_version: str,
         policy: Policy,
         ranker: Ranker | None = None,
-        attributes: tuple[Sequence[str], VectorFn] | None = None,
+        attributes: tuple[Any, ...] | None = None,
         excluded: tuple[Collection[int], Collection[str]] = ((), ()),
     ) -> None:
         self.model = model
@@ -176,11 +179,17 @@ class Recommender:
         self.n_base = len(self.item_ids)
         # the live catalogue (stream_app/core/catalogue.py): ``attributes`` (the network's attribute names and
         # SessionRNN.new_item_vectors) let it add new items; without, it can only switch items off and on
-        names, vectors = attributes if attributes is not None else (None, None)
+        # (and, third, the trained items' attribute lists as CSR arrays, for per-attribute caps)
+        names, vectors, *csr = attributes if attributes is not None else (None, None)
         # ``excluded``: trained items never served and the attribute ids that exclude new ones (business rules)
         self.catalogue = Catalogue(self.item_index, names, vectors, int(model.out_emb.shape[1]),
                                    int(model.input_table().shape[1]), excluded[0], excluded[1])
+        self.catalogue.base_attributes = csr[0] if csr else None
         self.ranker.set_blocked(self.catalogue.excluded, True)
+        self._fetch = self.k  # candidates ranked per list: a few times k when lists are shaped by a cap
+        if policy.max_per_attribute > 0:
+            self.catalogue.cap_groups(policy.capped_prefix)
+            self._fetch = min(self.n_base, 4 * self.k)
         self._rank_popular()
 
     def _rank_popular(self) -> None:
@@ -189,7 +198,7 @@ class Recommender:
         off = self.catalogue.blocked | self.catalogue.excluded
         if off:
             pop[list(off)] = -1.0
-        top = torch.topk(pop, min(self.n_base, self.k + 33))
+        top = torch.topk(pop, min(self.n_base, self._fetch + 33))
         self._popular = tuple(zip(*[(v, i) for v, i in zip(top.values.tolist(), top.indices.tolist()) if v >= 0]))
         if not self._popular:
             self._popular = ((), ())
@@ -345,20 +354,24 @@ class Recommender:
                 rows_ex = [exclude[r] for r in model_rows]
                 cat = self.catalogue
                 if not cat.new_ids:
-                    top = self.ranker.top_k(queries, self.k, rows_ex)
+                    top = self.ranker.top_k(queries, self._fetch, rows_ex)
                 else:  # the trained items by the ranker, the new ones exactly, merged
                     n = self.n_base
                     top = merge_top_k(
-                        self.ranker.top_k(queries, self.k, [{i for i in e if i < n} for e in rows_ex]),
+                        self.ranker.top_k(queries, self._fetch, [{i for i in e if i < n} for e in rows_ex]),
                         torch.addmm(cat.new_bias, queries, cat.new_out.t()),  # (B, M)
-                        n, self.k, [{i - n for i in e if i >= n} for e in rows_ex])
+                        n, self._fetch, [{i - n for i in e if i >= n} for e in rows_ex])
             for j, r in enumerate(model_rows):
                 values[r], indices[r] = top.values[j], top.indices[j]
         pop_values, pop_items = self._popular
         for r, p in enumerate(plans):
             if p.action is Action.POPULAR:
-                keep = [j for j, i in enumerate(pop_items) if i not in exclude[r]][: self.k]
+                keep = [j for j, i in enumerate(pop_items) if i not in exclude[r]][: self._fetch]
                 values[r], indices[r] = [pop_values[j] for j in keep], [pop_items[j] for j in keep]
+        cap = self.policy.max_per_attribute
+        if cap > 0:  # shaped lists, refilled from the next candidates (stream_app/core/shaping.py)
+            for r in range(n_rows):
+                values[r], indices[r] = cap_per_group(values[r], indices[r], self.catalogue.groups_of, cap, self.k)
         return TopK(values, indices)
 
     def _hidden_of(self, plan: Plan) -> np.ndarray:

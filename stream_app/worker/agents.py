@@ -187,6 +187,8 @@ class Shell:
     def _count(self, out: Any, inc: Incoming, received: float | None) -> None:
         m = self.m
         m.published.labels(out.recommendation.strategy).inc()
+        if len(out.recommendation.items) < self.rec.k:
+            m.short_lists.inc()
         m.click_to_publish.observe(max(0.0, time.time() - inc.source.timestamp))
         if received is not None:  # Faust's monitor stamps each message (monotonic) as a stream takes it
             m.receive_to_publish.observe(max(0.0, time.monotonic() - received))

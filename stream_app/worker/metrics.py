@@ -43,6 +43,7 @@ class Metrics:
     catalogue_records: Counter
     catalogue_items: Gauge
     catalogue_dead_letters: Counter
+    short_lists: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
@@ -96,4 +97,6 @@ class Metrics:
             catalogue_dead_letters=Counter("streamrec_catalogue_dead_letters",
                                            "Catalogue records sent to the catalogue's dead-letter topic", ["reason"],
                                            registry=r),
+            short_lists=Counter("streamrec_short_lists", "Lists published with fewer than k items: the candidates "
+                                "ran out after exclusions, unavailable items and caps", registry=r),
         )

@@ -43,6 +43,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         recent_items=m.recent_items,
         gap_s=settings.session.gap_s,
         keep_across_sessions=settings.session.keep_across_sessions,
+        max_per_attribute=m.max_per_attribute,
+        capped_prefix=m.capped_attributes,
     )
     counts = np.asarray(ckpt.item_counts, dtype=np.float32)
     if counts.shape[0] != len(ckpt.item_ids):
@@ -52,6 +54,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
     from stream_app.core.catalogue import attributes_of, excluded_by
     from stream_app.core.ranking import ranker_for
 
+    if m.max_per_attribute and attributes_of(ckpt) is None:
+        raise ModelLoadError("STREAMREC_MODEL__MAX_PER_ATTRIBUTE needs a checkpoint trained with --item-attributes")
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
                       ranker=ranker_for(settings, ckpt.model, ckpt.version),
                       attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes))

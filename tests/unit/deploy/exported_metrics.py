@@ -45,6 +45,7 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_catalogue_records_total": _m("counter"),
     "streamrec_catalogue_items": _m("gauge", "state"),
     "streamrec_catalogue_dead_letters_total": _m("counter", "reason"),
+    "streamrec_short_lists_total": _m("counter"),
 }
 
 # prometheus_client's default collectors (ProcessCollector, PlatformCollector, GCCollector):

@@ -175,3 +175,30 @@ def test_excluded_attributes_from_settings(tmp_path) -> None:  # type: ignore[no
     save_checkpoint(tmp_path / "p.pt", plain, [str(i) for i in range(N)], list(range(N)), {})
     with pytest.raises(ModelLoadError, match="EXCLUDED_ATTRIBUTES"):
         excluded_by(load_checkpoint(tmp_path / "p.pt"), "c2")
+
+
+def test_a_cap_per_attribute_shapes_and_refills_lists() -> None:
+    net = network()
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    spec = (attrs.names, net.new_item_vectors, (net.attr_out.flat, net.attr_out.offsets))
+
+    def make(**policy: object) -> Recommender:
+        return Recommender(net.folded(), [str(i) for i in range(N)], np.arange(N, 0, -1, dtype=np.float32), "v1",
+                           Policy(**policy), attributes=spec)  # type: ignore[arg-type]
+
+    full, _ = click(make(k=N), "4", 0)
+    brand = {str(i): i % 4 for i in range(N)}
+    want, seen = [], {}  # greedy over the uncapped order: at most 2 items per brand
+    for item in full.items:
+        if seen.get(brand[item], 0) < 2:
+            seen[brand[item]] = seen.get(brand[item], 0) + 1
+            want.append(item)
+    got, _ = click(make(k=5, max_per_attribute=2, capped_prefix="b"), "4", 0)
+    assert list(got.items) == want[:5]  # refilled from further down the ranking: never short here
+    short, _ = click(make(k=5, max_per_attribute=1, capped_prefix="c"), "4", 0)
+    assert len(short.items) == 3 and len({int(i) % 3 for i in short.items}) == 3  # 3 categories: runs out
+    pop, _ = click(make(k=5, max_per_attribute=1, capped_prefix="c"), "unknown", 0)
+    assert pop.strategy == "popularity" and list(pop.items) == ["0", "1", "2"]
+    capped = make(k=5, max_per_attribute=1, capped_prefix="c")
+    capped.apply_catalogue([ItemRecord("n", ("c0",))])
+    assert capped.catalogue.groups_of(N) == (capped.catalogue.attribute_index["c0"],)

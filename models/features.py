@@ -106,6 +106,27 @@ def read_attributes(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     return out
 
 
+def link_owners(offsets: Tensor) -> Tensor:
+    """The item of each link (L,) of a CSR list with ``offsets`` (N+1,)."""
+    counts = offsets[1:] - offsets[:-1]  # (N,)
+    return torch.repeat_interleave(torch.arange(len(counts)), counts, output_size=int(offsets[-1]))  # (L,)
+
+
+def bag_weights(flat: Tensor, offsets: Tensor, df: Tensor, n_items: int, pooling: str) -> Tensor:
+    """Each link's weight (L,), an item's summing to 1: IDF log(1 + n_items / df) or equal (``"mean"``).
+
+    ``df`` (A,) counts the items carrying each attribute (training's, also for items added later)."""
+    if pooling == "idf":
+        w = torch.log1p(n_items / df.to(torch.float64).clamp(min=1.0))[flat]  # (L,)
+    elif pooling == "mean":
+        w = torch.ones(flat.numel(), dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown attribute pooling {pooling!r}; expected mean or idf")
+    owner = link_owners(offsets)
+    total = torch.zeros(len(offsets) - 1, dtype=torch.float64).index_add_(0, owner, w)  # (N,)
+    return (w / total[owner]).to(torch.float32)
+
+
 class AttributePool(nn.Module):
     """Weighted mean of attribute embeddings per item: ``forward(rows) -> (U, D)``.
 
@@ -132,16 +153,12 @@ class AttributePool(nn.Module):
         with torch.no_grad():
             self.flat.copy_(torch.from_numpy(attrs.flat))
             self.offsets.copy_(torch.from_numpy(attrs.offsets))
-            if pooling == "idf":
-                df = np.bincount(attrs.flat, minlength=attrs.n_attributes).astype(np.float64)  # (A,)
-                w = np.log1p(attrs.n_items / np.maximum(df, 1.0))[attrs.flat]  # (L,)
-            elif pooling == "mean":
-                w = np.ones(len(attrs.flat))
-            else:
-                raise ValueError(f"unknown attribute pooling {pooling!r}; expected mean or idf")
-            owner = np.repeat(np.arange(attrs.n_items), attrs.per_item())
-            w = w / np.bincount(owner, weights=w, minlength=attrs.n_items)[owner]  # each item's weights sum to 1
-            self.link_weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            self.link_weight.copy_(bag_weights(self.flat, self.offsets, self.attribute_counts(), attrs.n_items,
+                                               pooling))
+
+    def attribute_counts(self) -> Tensor:
+        """Items carrying each attribute (A,), over the items the pool was loaded with."""
+        return torch.bincount(self.flat, minlength=int(self.weight.shape[0]))
 
     def pool_new(self, flat: Tensor, offsets: Tensor, pooling: str = "mean") -> Tensor:
         """Pooled vectors (M, D) of items the network never saw, from their attribute indices (CSR).
@@ -149,18 +166,9 @@ class AttributePool(nn.Module):
         The weights are the ones training used: IDF from the training items'
         attribute counts (an attribute no training item carries gets the
         largest weight, as a count of one would), or plain means."""
-        count = offsets[1:] - offsets[:-1]  # (M,)
-        owner = torch.repeat_interleave(torch.arange(len(count)), count, output_size=int(flat.numel()))  # (T,)
-        if pooling == "idf":
-            n_train = int(self.offsets.numel()) - 1
-            df = torch.bincount(self.flat, minlength=int(self.weight.shape[0])).to(torch.float64)  # (A,)
-            w = torch.log1p(n_train / df.clamp(min=1.0))[flat]  # (T,)
-        else:
-            w = torch.ones(flat.numel(), dtype=torch.float64)
-        total = torch.zeros(len(count), dtype=torch.float64).index_add_(0, owner, w)  # (M,)
-        w = (w / total[owner]).to(self.weight.dtype)
+        w = bag_weights(flat, offsets, self.attribute_counts(), int(self.offsets.numel()) - 1, pooling)  # (T,)
         return nn.functional.embedding_bag(flat, self.weight, offsets[:-1], mode="sum",
-                                           per_sample_weights=w)  # (M, D)
+                                           per_sample_weights=w.to(self.weight.dtype))  # (M, D)
 
     def _bags(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The attributes of rows (U,) as one list: (attribute ids (T,), weights (T,), bag starts (U,))."""
@@ -182,4 +190,4 @@ class AttributePool(nn.Module):
                                            per_sample_weights=self.link_weight)  # (N, D)
 
 
-__all__ = ["AttributePool", "ItemAttributes", "read_attributes"]
+__all__ = ["AttributePool", "ItemAttributes", "bag_weights", "link_owners", "read_attributes"]

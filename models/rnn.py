@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.features import AttributePool, ItemAttributes
+from models.features import AttributePool, ItemAttributes, link_owners
 
 CELLS: dict[str, int] = {"gru": 3, "lstm": 4, "rnn": 1}
 
@@ -233,8 +233,7 @@ class SessionRNN(nn.Module):
             pool = self.input_pool()
             inp = pool.pool_new(flat, offsets, pooling) if pool is not None else out  # (M, E)
             peers = self._attribute_bias()[flat]  # (T,) each attribute's mean trained bias
-            owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths, output_size=int(flat.numel()))
-            bias = torch.zeros(len(lengths)).index_add_(0, owner, peers) / lengths.clamp(min=1)  # (M,)
+            bias = torch.zeros(len(lengths)).index_add_(0, link_owners(offsets), peers) / lengths.clamp(min=1)  # (M,)
         return out, inp, bias
 
     def _attribute_bias(self) -> Tensor:
@@ -245,10 +244,8 @@ class SessionRNN(nn.Module):
         if self.out_bias is None:
             return torch.zeros(n_attr)
         b = self.out_bias.detach()  # (N,)
-        counts = pool.offsets[1:] - pool.offsets[:-1]  # (N,)
-        owner = torch.repeat_interleave(torch.arange(len(counts)), counts, output_size=int(pool.flat.numel()))
-        total = torch.zeros(n_attr).index_add_(0, pool.flat, b[owner])  # (A,)
-        n = torch.bincount(pool.flat, minlength=n_attr).to(total.dtype)  # (A,)
+        total = torch.zeros(n_attr).index_add_(0, pool.flat, b[link_owners(pool.offsets)])  # (A,)
+        n = pool.attribute_counts().to(total.dtype)  # (A,)
         return torch.where(n > 0, total / n.clamp(min=1), b.mean())
 
     def folded(self) -> "SessionRNN":

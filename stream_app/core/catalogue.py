@@ -32,6 +32,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 
+from models.features import link_owners
 from stream_app.core.validate import MAX_ID_CHARS, _exact_parse
 from stream_app.errors import InvalidRecord, ModelLoadError
 
@@ -106,7 +107,6 @@ class Applied:
     blocked: list[int] = field(default_factory=list)  # trained items switched off
     unblocked: list[int] = field(default_factory=list)  # trained items switched back on
     no_vector: int = 0  # new items none of whose attributes the network knows
-    new_changed: bool = False  # the new items' vectors or availability changed
 
 
 class Catalogue:
@@ -114,11 +114,12 @@ class Catalogue:
 
     def __init__(self, base_index: Mapping[str, int], attribute_names: Sequence[str] | None,
                  vectors: VectorFn | None, out_dim: int, in_dim: int,
-                 excluded: Collection[int] = (), excluded_attributes: Collection[str] = ()) -> None:
+                 excluded: Collection[int] = (), excluded_attributes: Collection[str] = (),
+                 base_attributes: tuple[Any, Any] | None = None) -> None:
         self.base_index = base_index
         self.excluded = set(excluded)  # trained items never served (STREAMREC_MODEL__EXCLUDED_ATTRIBUTES)
         self.excluded_attributes = set(excluded_attributes)
-        self.base_attributes: tuple[Any, Any] | None = None  # (flat, offsets) of the trained items' attributes
+        self.base_attributes = base_attributes  # (flat, offsets) of the trained items' attributes, for caps
         self._capped: set[int] = set()  # attribute indices a list may hold only so many items of
         self._groups: list[tuple[int, ...]] = []
         self._new_groups: list[tuple[int, ...]] = []
@@ -135,15 +136,6 @@ class Catalogue:
         self.new_bias = torch.zeros(0)  # (M,) the item's bias when available, -inf when not
         self.new_base_bias = torch.zeros(0)  # (M,) the bias its attributes give
         self.unrepresented: set[str] = set()  # new items without a usable attribute
-
-    @property
-    def size(self) -> int:
-        return self.n_base + len(self.new_ids)
-
-    @property
-    def can_add(self) -> bool:
-        """Whether the network has attribute tables (new items can get vectors)."""
-        return self._vectors is not None
 
     def cap_groups(self, prefix: str) -> None:
         """Cap the attributes whose ids start with ``prefix``: each item's capped attributes, for :meth:`groups_of`."""
@@ -193,7 +185,6 @@ class Catalogue:
             known = [self.attribute_index[a] for a in rec.attributes if a in self.attribute_index]
             if slot is not None:
                 self.new_bias[slot] = self.new_base_bias[slot] if rec.available else NEG_INF
-                done.new_changed = True
                 if known and not rec.removed:
                     fresh.append((rec, known))  # new attributes: a new vector
             elif rec.removed:
@@ -232,7 +223,6 @@ class Catalogue:
         self.new_base_bias[rows] = bias.to(self.new_bias.dtype)
         available = torch.tensor([rec.available for rec, _ in fresh])
         self.new_bias[rows] = torch.where(available, self.new_base_bias[rows], NEG_INF)
-        done.new_changed = True
 
     # -- user state: new items by their stable code ----------------------------------------------
 
@@ -268,13 +258,18 @@ class Catalogue:
 
 # -- from a checkpoint (models.checkpoint.Checkpoint) to the catalogue's inputs ---------------------------
 
+def _attribute_names(ckpt: Any) -> list[str] | None:
+    """The attribute ids the checkpoint's network was trained with (None without attribute tables)."""
+    return (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+
+
 def excluded_by(ckpt: Any, spec: str) -> tuple[list[int], list[str]]:
     """STREAMREC_MODEL__EXCLUDED_ATTRIBUTES as (trained items carrying one, the attribute ids); fails fast when
     the checkpoint has no attributes to match them against."""
     names = [a.strip() for a in spec.split(",") if a.strip()]
     if not names:
         return [], []
-    known = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+    known = _attribute_names(ckpt)
     if not known:
         raise ModelLoadError("STREAMREC_MODEL__EXCLUDED_ATTRIBUTES needs a checkpoint trained with "
                              "--item-attributes; this one has no attributes")
@@ -285,9 +280,8 @@ def excluded_by(ckpt: Any, spec: str) -> tuple[list[int], list[str]]:
                     "catalogue items can be excluded", names)
         return [], names
     pool = ckpt.network.attr_out
-    owner = torch.repeat_interleave(torch.arange(len(pool.offsets) - 1), pool.offsets[1:] - pool.offsets[:-1])
     hit = torch.isin(pool.flat, wanted)  # (L,) links to an excluded attribute
-    return sorted(set(owner[hit].tolist())), names
+    return sorted(set(link_owners(pool.offsets)[hit].tolist())), names
 
 
 def attributes_of(ckpt: Any, scale: float = 1.0) -> Any:
@@ -296,7 +290,7 @@ def attributes_of(ckpt: Any, scale: float = 1.0) -> Any:
     The output vectors are scaled by ``scale`` (STREAMREC_MODEL__NEW_ITEM_SCALE): an attribute-only vector is
     close to the centre of its peers, which scores well against most sessions, so at full length new items
     crowd the lists (docs/input.md#catalogue has the measurement)."""
-    names = (ckpt.meta.get("attributes") or {}).get("names") if ckpt.network.attr_out is not None else None
+    names = _attribute_names(ckpt)
     if not names:
         return None
 

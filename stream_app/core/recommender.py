@@ -183,8 +183,8 @@ class Recommender:
         names, vectors, *csr = attributes if attributes is not None else (None, None)
         # ``excluded``: trained items never served and the attribute ids that exclude new ones (business rules)
         self.catalogue = Catalogue(self.item_index, names, vectors, int(model.out_emb.shape[1]),
-                                   int(model.input_table().shape[1]), excluded[0], excluded[1])
-        self.catalogue.base_attributes = csr[0] if csr else None
+                                   int(model.input_table().shape[1]), excluded[0], excluded[1],
+                                   csr[0] if csr else None)
         self.ranker.set_blocked(self.catalogue.excluded, True)
         self._fetch = self.k  # candidates ranked per list: a few times k when lists are shaped by a cap
         if policy.max_per_attribute > 0:

@@ -39,7 +39,7 @@ from stream_app.errors import InvalidRecord, ModelLoadError
 log = logging.getLogger("streamrec.catalogue")
 MAX_ATTRIBUTES = 1024  # per item; LastFM's longest tag list is 625
 REASONS = ("missing_key", "not_utf8", "bad_value", "too_large", "not_json", "not_object", "duplicate_key",
-           "key_mismatch", "bad_type")  # every reason decode_item gives (docs/input.md#catalogue)
+           "key_mismatch", "bad_type", "internal_error")  # decode_item's reasons, and the reader's for a core failure
 NEG_INF = float("-inf")
 
 VectorFn = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> (out, in, bias)

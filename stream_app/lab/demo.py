@@ -1,7 +1,9 @@
 """``streamrec demo``: broker, model, worker and a replay of real test sessions, with a live view.
 
 Ends with a summary and one JSON line: events, events_per_s, latency_p50_ms,
-latency_p99_ms, online_recall_at_20, online_mrr_at_20, dead_lettered.
+latency_p99_ms, online_recall_at_20, online_mrr_at_20, dead_lettered, and catalogue_change
+(the lists produced after the halfway catalogue change, and how many hold the switched-off
+and the new item).
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import orjson
 
 from stream_app.brokers.embedded import EmbeddedBroker
 from stream_app.brokers.process import free_port
-from stream_app.lab.harness import TopicReader, WorkerProcess, dumps, parse_metrics
+from stream_app.lab.harness import TopicReader, WorkerProcess, dumps, http_get, parse_metrics
 from stream_app.core.records import Recommendation
 from stream_app.errors import DatasetError
 from stream_app.lab.datasets import ATTRIBUTES_FILE, demo_data
-from stream_app.lab.harness import http_get
 from stream_app.lab.replay import catalogue_messages, click_messages, publish_catalogue, read_log, replay
 from stream_app.settings import Settings
 from stream_app.worker.topics import ensure_topics

@@ -202,3 +202,37 @@ def test_a_cap_per_attribute_shapes_and_refills_lists() -> None:
     capped = make(k=5, max_per_attribute=1, capped_prefix="c")
     capped.apply_catalogue([ItemRecord("n", ("c0",))])
     assert capped.catalogue.groups_of(N) == (capped.catalogue.attribute_index["c0"],)
+
+
+def test_the_reader_isolates_a_record_the_core_fails_on() -> None:
+    """A bug tripped by one catalogue record dead-letters that record (internal_error); the others apply."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from stream_app.settings import Settings
+    from stream_app.worker.catalogue import CatalogueReader
+    from stream_app.worker.metrics import Metrics
+
+    rec = recommender(network())
+    real = rec.apply_catalogue
+
+    def buggy(records):  # type: ignore[no-untyped-def]
+        if any(r.item_id == "boom" for r in records):
+            raise RuntimeError("injected")
+        return real(records)
+
+    rec.apply_catalogue = buggy  # type: ignore[method-assign]
+    sent: list[tuple[str, bytes, list]] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: list) -> None:
+            sent.append((topic, key, headers))
+
+    reader = CatalogueReader(rec, Metrics.create(CollectorRegistry()), Settings())
+    msgs = [SimpleNamespace(topic="items", partition=0, offset=o, key=k, value=v) for o, (k, v) in enumerate(
+        [(b"3", b'{"available": false}'), (b"boom", b"{}"), (b"x", b"nope")])]
+    asyncio.run(reader._apply(msgs, Producer()))
+    assert reader.applied == 1 and rec.catalogue.blocked == {3}
+    assert sorted(dict(h)["streamrec-reason"] for _, _, h in sent) == [b"internal_error", b"not_json"]

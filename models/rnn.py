@@ -216,10 +216,11 @@ class SessionRNN(nn.Module):
         catalogue, from their attribute indices alone: what an unseen item's zero id row plus its
         pooled attributes give, and the mean bias of the trained items that share its attributes.
 
-        The bias matters: trained items' biases are mostly negative, so a new item at bias 0 would
-        outrank its peers in most lists (measured in the demo: a new movie in 37 % of the lists
-        after it was added, and online Recall@20 down from 0.245 to 0.206 with the catalogue's
-        untrained movies at bias 0). The live catalogue (stream_app/core/catalogue.py) makes a
+        The bias matters: trained items' biases are mostly negative, so a new item at bias 0
+        outranks its peers (in the demo, 2026-12-03: a new movie in 37 % of the lists after it was
+        added; online Recall@20 0.206 with the 343 untrained movies at bias 0, 0.217 with the
+        peer bias, both at full vector length; the scale applied on top is in
+        stream_app/core/catalogue.py's ``attributes_of``). The live catalogue (stream_app/core/catalogue.py) makes a
         product added after training recommendable with these; a network without attributes
         cannot (ValueError)."""
         if self.attr_out is None:

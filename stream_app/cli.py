@@ -97,9 +97,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise SystemExit("streamrec replay: set STREAMREC_KAFKA__BOOTSTRAP_SERVERS (e.g. from `streamrec broker`)")
     if not args.tsv and not args.catalogue:
         raise SystemExit("streamrec replay: give a click log (TSV), --catalogue FILE, or both")
-    ensure_topics(settings)
-    if args.catalogue:  # first, so the worker knows the items before the clicks on them
-        n = publish_catalogue(settings, catalogue_messages(Path(args.catalogue)))
+    catalogue = list(catalogue_messages(Path(args.catalogue))) if args.catalogue else []  # whole file read first:
+    ensure_topics(settings)                                        # a bad line publishes nothing
+    if catalogue:  # first, so the worker knows the items before the clicks on them
+        n = publish_catalogue(settings, catalogue)
         print(f"published {n} catalogue records to {settings.topics.items}", flush=True)
     if args.tsv:
         clicks = read_log(Path(args.tsv), limit=args.limit)

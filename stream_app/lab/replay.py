@@ -90,7 +90,10 @@ def catalogue_messages(path: Path) -> Iterator[tuple[bytes, bytes | None]]:
     """(key, value) records for the ``items`` topic from a file: an S3-Rec ``NAME_item2attributes.json`` (item ->
     attribute ids; every item available) or JSON Lines of ``{"item_id", "attributes"?, "available"?}`` objects,
     where ``{"item_id": ..., "deleted": true}`` is a tombstone. Values are sent as written; the worker validates."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read the catalogue file {path}: {exc}") from None
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:

@@ -236,3 +236,14 @@ def test_the_reader_isolates_a_record_the_core_fails_on() -> None:
     asyncio.run(reader._apply(msgs, Producer()))
     assert reader.applied == 1 and rec.catalogue.blocked == {3}
     assert sorted(dict(h)["streamrec-reason"] for _, _, h in sent) == [b"internal_error", b"not_json"]
+
+
+def test_a_bad_catalogue_file_says_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from stream_app.errors import DatasetError
+    from stream_app.lab.replay import catalogue_messages
+
+    (tmp_path / "bad.jsonl").write_text('{"item_id": "1"}\nnot json\n')
+    with pytest.raises(DatasetError, match="bad.jsonl:2"):
+        list(catalogue_messages(tmp_path / "bad.jsonl"))
+    with pytest.raises(DatasetError, match="cannot read"):
+        list(catalogue_messages(tmp_path / "missing.jsonl"))

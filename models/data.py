@@ -132,6 +132,17 @@ class Sessions:
         return np.diff(self.offsets)  # (n_sessions,)
 
 
+@dataclass
+class UserLanes:
+    """What training the user-level model needs beside ``Sessions`` whose runs are whole users
+    (each user's sessions concatenated, oldest first): which clicks start a session (C,) bool and each
+    user's padded profile attribute indices (n_users, L) int64 (0 = padding; L may be 0)."""
+
+    starts: np.ndarray  # (C,) bool
+    profiles: np.ndarray  # (n_users, L) int64
+    profile_attributes: int  # distinct profile attribute ids (indices 1..P)
+
+
 def build_vocab(log: ClickLog) -> tuple[list[str], np.ndarray]:
     """Item ids in order of first appearance and their click counts (N,)."""
     ids, first, counts = np.unique(log.item, return_index=True, return_counts=True)
@@ -154,7 +165,18 @@ def encode(log: ClickLog, item_index: dict[str, int]) -> tuple[Sessions, int]:
 def session_parallel_epoch(
     sessions: Sessions, batch_size: int, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All mini-batches of one epoch: inputs (S, B), targets (S, B), keep (S, B) float32.
+    """All mini-batches of one epoch: inputs (S, B), targets (S, B), keep (S, B) float32 (see
+    ``session_parallel_positions``)."""
+    pos, keep = session_parallel_positions(sessions, batch_size, rng)
+    return sessions.items[pos], sessions.items[pos + 1], keep
+
+
+def session_parallel_positions(
+    sessions: Sessions, batch_size: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All mini-batches of one epoch as click positions: inputs at ``pos`` (S, B), targets at
+    ``pos + 1``, keep (S, B) float32.  Positions let a caller look up per-click facts (the
+    user-level model needs which clicks start a session, models/users.py).
 
     ``keep[s, b] == 0`` means slot b starts a new session at step s, so its
     state must be zeroed before the step.  Sessions of length < 2 carry no
@@ -168,13 +190,12 @@ def session_parallel_epoch(
         usable = rng.permutation(usable)
     if len(usable) < batch_size:
         raise DataError(f"only {len(usable)} sessions with >= 2 clicks for batch size {batch_size}")
-    off, items = sessions.offsets, sessions.items
+    off = sessions.offsets
     pos = off[usable[:batch_size]].copy()  # (B,) next input position per slot
     end = off[usable[:batch_size] + 1].copy()  # (B,)
     nxt = batch_size
     n_pairs = int((lengths[usable] - 1).sum())
     ins = np.empty((n_pairs // batch_size + 2, batch_size), dtype=np.int64)
-    outs = np.empty_like(ins)
     keep = np.ones(ins.shape, dtype=np.float32)
     step = 0
     fresh = np.zeros(batch_size, dtype=bool)
@@ -183,8 +204,7 @@ def session_parallel_epoch(
         run = int((end - pos).min()) - 1  # steps every slot can take before one session ends
         # vectorised block of `run` steps
         r = np.arange(run)[:, None]  # (run, 1)
-        ins[step:step + run] = items[pos[None, :] + r]
-        outs[step:step + run] = items[pos[None, :] + r + 1]
+        ins[step:step + run] = pos[None, :] + r
         keep[step, fresh] = 0.0
         fresh[:] = False
         step += run
@@ -197,7 +217,7 @@ def session_parallel_epoch(
         pos[done] = off[new]
         end[done] = off[new + 1]
         fresh[done] = True
-    return ins[:step], outs[:step], keep[:step]
+    return ins[:step], keep[:step]
 
 
 def split_by_time(log: ClickLog, fraction: float) -> tuple[ClickLog, ClickLog]:
@@ -232,12 +252,14 @@ __all__ = [
     "ClickLog",
     "DataError",
     "Sessions",
+    "UserLanes",
     "build_vocab",
     "check_sorted",
     "encode",
     "read_tsv",
     "session_offsets",
     "session_parallel_epoch",
+    "session_parallel_positions",
     "split_by_time",
     "write_tsv",
 ]

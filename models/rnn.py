@@ -49,6 +49,8 @@ class ModelConfig:
     attributes: int = 0  # attribute ids known to the network (0: items are ids only)
     attribute_links: int = 0  # (item, attribute) pairs, the size of the CSR list (models/features.py)
     attribute_pooling: str = "mean"  # how an item's attributes are weighed: mean or idf (models/features.py)
+    user_hidden: int = 0  # >0: a user-level GRU of this width carries users across sessions (models/users.py)
+    profile_attributes: int = 0  # user profile attribute ids known to the network (0: no profile fusion)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -57,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"invalid model sizes in {self}")
         if self.attributes < 0 or self.attribute_links < 0 or (self.attributes > 0) != (self.attribute_links > 0):
             raise ValueError(f"invalid attribute sizes in {self}")
+        if self.user_hidden < 0 or self.profile_attributes < 0:
+            raise ValueError(f"invalid user sizes in {self}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able) for checkpoints."""
@@ -173,6 +177,18 @@ class SessionRNN(nn.Module):
             self.attr_out = AttributePool(c.attributes, c.attribute_links, c.n_items, c.hidden)
             if self.in_emb is not None:
                 self.attr_in = AttributePool(c.attributes, c.attribute_links, c.n_items, int(self.in_emb.shape[1]))
+        # Long-term users (HRNN, Quadrana et al. 2017): a GRU stepped once per finished session on that
+        # session's final state, whose output initialises the next session and, projected, is added to every
+        # scored query of it; profile attributes (index 0 is padding) pooled into a vector added to the
+        # query too, so a changed profile counts from the next click.
+        self.user_cell = RecurrentLayer("gru", self.state_size, c.user_hidden) if c.user_hidden > 0 else None
+        self.user_init = nn.Linear(c.user_hidden, self.state_size) if c.user_hidden > 0 else None
+        self.user_out = nn.Linear(c.user_hidden, c.hidden, bias=False) if c.user_hidden > 0 else None
+        self.profile = (nn.EmbeddingBag(c.profile_attributes + 1, c.hidden, mode="mean", padding_idx=0)
+                        if c.profile_attributes > 0 else None)
+        if self.profile is not None:
+            with torch.no_grad():
+                self.profile.weight.zero_()  # a profile starts as no change to the session's query
 
     # ----------------------------------------------------------------- state
     @property
@@ -183,6 +199,32 @@ class SessionRNN(nn.Module):
     def zero_state(self, batch: int) -> Tensor:
         """Fresh session state (B, S) of float32 zeros."""
         return torch.zeros(batch, self.state_size, dtype=torch.float32, device=self.out_emb.device)
+
+    def zero_user(self, batch: int) -> Tensor:
+        """A user with no finished session yet: (B, U) zeros (U = 0 without the user-level GRU)."""
+        return torch.zeros(batch, self.config.user_hidden, dtype=torch.float32, device=self.out_emb.device)
+
+    def user_step(self, user: Tensor, session: Tensor) -> Tensor:
+        """Fold a finished session's final state (B, S) into the user state (B, U). Pure."""
+        if self.user_cell is None:
+            return user
+        return self.user_cell(session, user)[0]  # (B, U)
+
+    def session_start(self, user: Tensor) -> Tensor:
+        """The first state (B, S) of a user's next session: tanh(W u + b), zeros without the user-level GRU."""
+        if self.user_init is None:
+            return self.zero_state(user.shape[0])
+        return torch.tanh(self.user_init(user))  # (B, S)
+
+    def user_vector(self, user: Tensor, profile: Tensor | None) -> Tensor | None:
+        """What the user adds to each scored query (B, H): the projected user state plus the pooled
+        profile of padded attribute indices (B, L) (0 = none); None for a session-only network."""
+        parts = []
+        if self.user_out is not None:
+            parts.append(self.user_out(user))  # (B, H)
+        if self.profile is not None and profile is not None and profile.shape[1] > 0:
+            parts.append(self.profile(profile))  # (B, H)
+        return None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     # ----------------------------------------------------------------- pieces
     def input_table(self) -> Tensor:
@@ -299,9 +341,11 @@ class SessionRNN(nn.Module):
         return nn.functional.elu(h, alpha=self.config.elu) if self.config.elu > 0 else h  # (B, H)
 
     # ----------------------------------------------------------------- public API
-    def score(self, state: Tensor) -> Tensor:
-        """Scores (B, N) of every item as the next click given states (B, S)."""
+    def score(self, state: Tensor, profile: Tensor | None = None) -> Tensor:
+        """Scores (B, N) of every item as the next click given states (B, S) and ``user_vector`` (B, H)."""
         h = self.output_vector(state)  # (B, H)
+        if profile is not None:
+            h = h + profile  # (B, H)
         table = self.output_table()  # (N, H)
         if self.out_bias is None:
             return h @ table.t()  # (B, N)

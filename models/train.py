@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.data import Sessions, build_vocab, encode, read_tsv, session_parallel_epoch
+from models.data import Sessions, UserLanes, build_vocab, encode, read_tsv, session_parallel_positions
 from models.evaluate import evaluate_scorer
 from models.features import ItemAttributes
 from models.losses import canonical_loss, get_loss
@@ -64,9 +64,12 @@ class TrainConfig:
     attributes: bool = True  # use item attributes when the data has them (models/features.py)
     attr_lr: float = 1.0  # learning rate of the attribute tables relative to lr (lower it if training diverges)
     attr_pooling: str = "idf"  # idf | mean: how an item's attributes are weighed in its vector
+    user_hidden: int = 100  # width of the user-level GRU when training on whole users (models/users.py)
 
-    def model_config(self, n_items: int, attributes: ItemAttributes | None = None) -> ModelConfig:
-        """The architecture part of this configuration (attribute sizes from the coded attributes, if any)."""
+    def model_config(self, n_items: int, attributes: ItemAttributes | None = None,
+                     users: UserLanes | None = None) -> ModelConfig:
+        """The architecture part of this configuration (attribute sizes from the coded attributes, if any;
+        the user-level GRU and profile sizes when training on whole users)."""
         use = attributes is not None and self.attributes and len(attributes.flat) > 0
         return ModelConfig(
             n_items=n_items, hidden=self.hidden, layers=self.layers, cell=self.cell, embedding=self.embedding,
@@ -75,6 +78,8 @@ class TrainConfig:
             attributes=attributes.n_attributes if use else 0,  # type: ignore[union-attr]
             attribute_links=len(attributes.flat) if use else 0,  # type: ignore[union-attr]
             attribute_pooling=self.attr_pooling if use else "mean",
+            user_hidden=self.user_hidden if users is not None else 0,
+            profile_attributes=users.profile_attributes if users is not None else 0,
         )
 
     def updated(self, overrides: dict[str, Any]) -> "TrainConfig":
@@ -205,6 +210,7 @@ def fit(
     log: Any = print,
     attributes: ItemAttributes | None = None,
     validator: Callable[[SessionRNN], dict[str, float]] | None = None,
+    users: UserLanes | None = None,
 ) -> tuple[SessionRNN, dict[str, Any]]:
     """Train a fresh model on coded sessions; returns the model (eval mode) and a meta dict.
 
@@ -213,14 +219,17 @@ def fit(
     returns metrics, the first one being the score); the best epoch's weights
     are kept and training stops after ``patience`` epochs without improvement.
     ``attributes`` (coded for the same items) adds pooled attribute vectors to
-    the item tables unless ``cfg.attributes`` is off.
+    the item tables unless ``cfg.attributes`` is off.  With ``users`` each run of ``sessions`` is one
+    user's clicks: a lane walks a whole user, the user-level GRU folds each finished session's final
+    state (after its last click, as the worker has it) into the user state, which starts the next
+    session, and the user's pooled profile is added to every query (models/users.py).
     """
     from models.progress import progress as progress_bar
 
     n_items = len(counts)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg.model_config(n_items, attributes), seed=cfg.seed)
+    model = build_model(cfg.model_config(n_items, attributes, users), seed=cfg.seed)
     unseen = torch.from_numpy(np.flatnonzero(np.asarray(counts) == 0))  # items without training clicks
     with torch.no_grad():  # ... get no gradient, so no random id vector either: only their attributes speak
         for table in (model.out_emb, model.in_emb):
@@ -250,11 +259,19 @@ def fit(
     bad_epochs = 0
     for epoch in range(cfg.epochs):
         t_ep = time.perf_counter()
-        ins, outs, keep = session_parallel_epoch(sessions, B, rng if cfg.shuffle else None)
-        ins_t, outs_t, keep_t = torch.from_numpy(ins), torch.from_numpy(outs), torch.from_numpy(keep).unsqueeze(2)
-        state = model.zero_state(B)  # (B, S)
+        pos, keep = session_parallel_positions(sessions, B, rng if cfg.shuffle else None)
+        ins_t, outs_t = torch.from_numpy(sessions.items[pos]), torch.from_numpy(sessions.items[pos + 1])  # (S, B)
+        keep_t = torch.from_numpy(keep).unsqueeze(2)  # (S, B, 1)
+        if users is not None:
+            starts_t = torch.from_numpy(users.starts[pos]).unsqueeze(2)  # (S, B, 1) the input starts a session
+            lane_user = torch.from_numpy(np.searchsorted(sessions.offsets, pos, side="right") - 1)  # (S, B)
+            profiles_t = torch.from_numpy(users.profiles)  # (n_users, L)
+        state, user_prev, ended = model.zero_state(B), model.zero_user(B), model.zero_state(B)  # (B, S), (B, U), (B, S)
+        has_user = torch.zeros(B, 1, dtype=torch.bool)  # (B, 1) the lane's user finished a session already
+        user_now = model.zero_user(B)  # (B, U)
+        extra = None
         loss_sum = torch.zeros(())
-        n_steps = len(ins)
+        n_steps = len(pos)
         bar = progress_bar(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
         for s in bar:
             lr = cfg.lr
@@ -262,6 +279,20 @@ def fit(
                 lr = cfg.lr * (1.0 - (1.0 - cfg.lr_final) * min(1.0, global_step / est_steps))
             inp, tgt = ins_t[s], outs_t[s]  # (B,), (B,)
             state = state * keep_t[s]  # (B, S) zero where a new session starts
+            if users is not None:
+                # The user state of the running session is user_step(user before it, the previous session's
+                # final state), recomputed each step from the two kept (detached) inputs so that every click's
+                # loss trains the user-level GRU; the worker computes it once, at the gap.
+                fresh, start = keep_t[s] == 0, starts_t[s]  # (B, 1) a new user, (B, 1) a new session
+                has_user = has_user & ~fresh
+                if bool(start.any()):
+                    later = start & ~fresh  # (B, 1) a later session of the same user: fold the finished one in
+                    user_prev = torch.where(later, user_now.detach(), user_prev * ~fresh)  # (B, U)
+                    ended = torch.where(later, state, ended)  # (B, S)
+                    has_user = has_user | later
+                user_now = torch.where(has_user, model.user_step(user_prev, ended), model.zero_user(B))  # (B, U)
+                state = torch.where(start, model.session_start(user_now), state)  # (B, S)
+                extra = model.user_vector(user_now, profiles_t[lane_user[s]])  # (B, H) or None
             neg = sampler.next() if sampler is not None else tgt[:0]  # (M,)
             out_idx = torch.cat([tgt, neg])  # (B+M,)
             # index_select (not fancy indexing): its backward is a cheap index_add
@@ -283,6 +314,8 @@ def fit(
                 b_leaf = model.out_bias.detach().index_select(0, rows).requires_grad_(True)  # (U,)
             new_state, h = model.advance(state, model.drop_emb(x))  # (B, S), (B, H)
             h = model.final(model.drop_hidden(h))  # (B, H)
+            if extra is not None:
+                h = h + extra  # (B, H)
             logits = h @ w.t()  # (B, B+M)
             if model.out_bias is not None:
                 logits = logits + b_leaf.index_select(0, b_inv)  # (B, B+M)

@@ -34,6 +34,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "patience": ("patience", int),
     "attr_lr": ("attr_lr", float),
     "attr_pooling": ("attr_pooling", str),
+    "user_hidden": ("user_hidden", int),
 }
 
 
@@ -224,6 +225,30 @@ def cmd_coldstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_longterm(args: argparse.Namespace) -> int:
+    """streamrec longterm [--clicks TSV --user-attributes JSON] [--gap S] [--json] [--out CKPT]."""
+    from models.users import long_term_experiment
+
+    _set_threads(args.threads)
+    clicks, profiles = args.clicks, args.user_attributes
+    if clicks is None:
+        from stream_app.lab.datasets import ML100K_TERMS, movielens_users
+
+        clicks, profiles = movielens_users()
+        print(f"[data] {ML100K_TERMS}", file=sys.stderr, flush=True)
+    res = long_term_experiment(clicks, profiles, gap=args.gap, overrides=_train_overrides(args), progress=not args.quiet,
+                               log=None if args.json else print, out_path=args.out)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['test_users']} users' last sessions ({int(res['session_aware']['predictions'])} predicted clicks), "
+          f"{res['items']} items, gap {res['gap_seconds']:.0f} s")
+    for name in ("session_aware", "session_aware_no_profile", "session_only", "sknn_user_history", "sknn", "popularity"):
+        r = res[name]
+        print(f"{name:<26} Recall@20 {r['recall@20']:.4f}  MRR@20 {r['mrr@20']:.4f}  NDCG@20 {r['ndcg@20']:.4f}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """streamrec tune TRAIN_TSV [--valid TSV] --out-dir DIR --name PRESET."""
     from models.tune import tune
@@ -261,6 +286,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (with --valid or --validate)")
     g.add_argument("--attr-lr", type=float, help="learning rate of the attribute tables relative to --lr")
     g.add_argument("--attr-pooling", choices=["idf", "mean"], help="how an item's attributes are weighed")
+    g.add_argument("--user-hidden", type=int, help="width of the user-level GRU (streamrec longterm)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -335,6 +361,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_train_flags(p)
     p.set_defaults(func=_guard(cmd_coldstart))
+
+    p = subparsers.add_parser("longterm", parents=[thr],
+                              help="long-term users: session-aware vs session-only vs session-kNN on each user's last session")
+    p.add_argument("--clicks", metavar="TSV", help="UserId, ItemId, Time (seconds); default MovieLens-100k from the recbole wheel")
+    p.add_argument("--user-attributes", metavar="JSON", help="user id -> profile attributes (default with MovieLens: age band, gender, occupation)")
+    p.add_argument("--gap", type=float, default=3600.0, help="inactivity gap in seconds that ends a session")
+    p.add_argument("--out", metavar="CKPT", help="also save the session-aware network (the worker serves it)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_flags(p)
+    p.set_defaults(func=_guard(cmd_longterm))
 
     p = subparsers.add_parser("tune", parents=[thr], help="optuna search on train/validation; writes a preset")
     p.add_argument("train", metavar="TRAIN_TSV")

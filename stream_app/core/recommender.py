@@ -76,6 +76,7 @@ class Plan:
     reset_reason: str | None
     replayed: bool
     online_rank: int | None  # 1-based rank of this click in the last served list, 0 = miss, None = not scored
+    ended: np.ndarray | None = None  # at a session gap: the finished session's final state, for the user-level GRU
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ def plan_click(
     gap = click.ts - prior.last_ts if prior is not None else 0.0
     if prior is not None and gap > policy.gap_s and not policy.keep_across_sessions:
         start = UserState(prior.model_version, None, prior.last_ts, prior.last_partition, prior.last_offset,
-                          prior.last_seen, (), prior.served)
+                          prior.last_seen, (), prior.served, prior.user)
         reset = "session_gap"
     if item is not None:
         action = Action.STEP
@@ -125,14 +126,15 @@ def plan_click(
         action = Action.SCORE
     else:
         action = Action.POPULAR
-    return Plan(action, start, item, reset, False, online_rank)
+    ended = prior.hidden if reset == "session_gap" and prior is not None else None
+    return Plan(action, start, item, reset, False, online_rank, ended)
 
 
 def next_state(
     plan: Plan, click: Click, source: Source, hidden: np.ndarray | None, served: Sequence[int],
-    model_version: str, policy: Policy, now: float,
+    model_version: str, policy: Policy, now: float, user: np.ndarray | None = None,
 ) -> UserState:
-    """The state after a (non-replayed) click: new hidden, bookkeeping, the list just served."""
+    """The state after a (non-replayed) click: new hidden and user part, bookkeeping, the list just served."""
     start = plan.start
     recent = start.recent if start is not None else ()
     if plan.item is not None and policy.recent_items > 0:
@@ -149,6 +151,7 @@ def next_state(
         last_seen=now,
         recent=recent,
         served=tuple(served[:ONLINE_K]),
+        user=user,
     )
 
 
@@ -167,6 +170,8 @@ class Recommender:
         excluded: tuple[Collection[int], Collection[str]] = ((), ()),
     ) -> None:
         self.model = model
+        # long-term users (models/users.py): the user-level GRU folds a finished session in at the gap
+        self.user_width = int(getattr(getattr(model, "config", None), "user_hidden", 0) or 0)
         # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
         self.ranker: Ranker = ranker if ranker is not None else ExactRanker(model.out_emb, model.out_bias)
         self.item_ids = list(item_ids)
@@ -248,6 +253,7 @@ class Recommender:
         n_rows = len(batch)
         plans: list[Plan] = [None] * n_rows  # type: ignore[list-item]
         hidden: list[np.ndarray | None] = [None] * n_rows
+        long_term: list[np.ndarray | None] = [None] * n_rows  # the user part each click leaves
         states: list[UserState | None] = [None] * n_rows  # after the click, ``served`` still to fill
         previous: list[int | None] = [None] * n_rows  # the user's last applied click earlier in this batch
         last_applied: dict[str, int] = {}
@@ -261,21 +267,21 @@ class Recommender:
                     item = self.catalogue.index_of(inc.click.item_id)
                 plan = plan_click(prior, inc.click, inc.source, item, self.policy)
                 if load_reason is not None and plan.reset_reason is None:
-                    plan = Plan(plan.action, plan.start, plan.item, load_reason, plan.replayed, plan.online_rank)
+                    plan = dataclasses.replace(plan, reset_reason=load_reason)
                 wave_plans.append(plan)
-            for i, plan, h in zip(wave, wave_plans, self._step(wave_plans)):
+            for i, plan, h, u in zip(wave, wave_plans, *self._step(wave_plans)):
                 inc = batch[i]
                 user = inc.click.user_id
-                plans[i], hidden[i] = plan, h
+                plans[i], hidden[i], long_term[i] = plan, h, u
                 previous[i] = last_applied.get(user)
                 if not plan.replayed:
-                    states[i] = next_state(plan, inc.click, inc.source, h, (), self.model_version, self.policy, now)
+                    states[i] = next_state(plan, inc.click, inc.source, h, (), self.model_version, self.policy, now, u)
                     current[user] = (states[i], None)
                     last_applied[user] = i
                 else:
                     current[user] = (current[user][0], None)
 
-        top = self._rank(plans, hidden)
+        top = self._rank(plans, hidden, long_term)
         outcomes: list[Outcome] = []
         for i, inc in enumerate(batch):
             plan, items = plans[i], top.indices[i]
@@ -312,22 +318,49 @@ class Recommender:
             ))
         return outcomes
 
-    def _step(self, plans: Sequence[Plan]) -> list[np.ndarray | None]:
-        """The hidden state each click leaves: one batched step for STEP rows, the start state for SCORE rows."""
+    def _step(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+        """The session and user parts each click leaves: one batched step for STEP rows, the start state
+        for the others. A STEP row that opens a session starts from ``session_start`` of the user part,
+        after folding the finished session in (the user-level GRU) when the gap ended one."""
         hidden: list[np.ndarray | None] = [None] * len(plans)
+        users: list[np.ndarray | None] = [p.start.user if p.start is not None else None for p in plans]
         step_rows = [r for r, p in enumerate(plans) if p.action is Action.STEP]
         for r, p in enumerate(plans):
             if p.action is Action.SCORE:
                 hidden[r] = p.start.hidden if p.start is not None else None
         if step_rows:
             with torch.inference_mode():
-                h0 = torch.from_numpy(np.stack([self._hidden_of(plans[r]) for r in step_rows]))  # (B, S)
+                opened = (self._open_sessions([plans[r] for r in step_rows], [users[r] for r in step_rows])
+                          if self.user_width else [(None, None)] * len(step_rows))
+                h0 = torch.from_numpy(np.stack([o[0] if o[0] is not None else self._hidden_of(plans[r])
+                                                for o, r in zip(opened, step_rows)]))  # (B, S)
                 items = torch.tensor([plans[r].item for r in step_rows], dtype=torch.long)  # (B,)
                 h1, _ = self.model.advance(h0, self._inputs(items))  # (B, S)
                 h1_np = h1.numpy()
             for j, r in enumerate(step_rows):
                 hidden[r] = h1_np[j].copy()
-        return hidden
+                if self.user_width:
+                    users[r] = opened[j][1]
+        return hidden, users
+
+    def _open_sessions(self, plans: Sequence[Plan], users: Sequence[np.ndarray | None],
+                       ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Per STEP row (in order): the state a new session starts from (None where the row continues a
+        session) and the user part after the click; the gap's finished sessions are folded in one batch."""
+        zero_u = np.zeros(self.user_width, dtype=np.float32)
+        opened: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, u) for u in users]
+        new = [j for j, p in enumerate(plans) if p.start is None or p.start.hidden is None]
+        if new:
+            u = torch.from_numpy(np.stack([users[j] if users[j] is not None else zero_u for j in new]))  # (B, U)
+            fold = [n for n, j in enumerate(new) if plans[j].ended is not None]
+            if fold:
+                ended = torch.from_numpy(np.stack([plans[new[n]].ended for n in fold]))  # (F, S)
+                u[fold] = self.model.user_step(u[fold], ended)  # type: ignore[attr-defined]
+            h0 = self.model.session_start(u).numpy()  # type: ignore[attr-defined]  # (B, S)
+            for n, j in enumerate(new):
+                has_user = users[j] is not None or plans[j].ended is not None
+                opened[j] = (h0[n].copy(), u[n].numpy().copy() if has_user else None)
+        return opened
 
     def _inputs(self, items: torch.Tensor) -> torch.Tensor:
         """Input vectors (B, E) of item indices (B,): trained rows, and new items' rows from the catalogue."""
@@ -339,8 +372,10 @@ class Recommender:
         x[new] = self.catalogue.new_in[items[new] - self.n_base]
         return x
 
-    def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None]) -> TopK:
-        """One ranker call for every STEP and SCORE row (from its hidden state); popularity for the rest."""
+    def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None],
+              users: Sequence[np.ndarray | None] = ()) -> TopK:
+        """One ranker call for every STEP and SCORE row (from its hidden state and user part); popularity
+        for the rest."""
         n_rows = len(plans)
         values: list[list[float]] = [[] for _ in range(n_rows)]
         indices: list[list[int]] = [[] for _ in range(n_rows)]
@@ -351,6 +386,12 @@ class Recommender:
                 state = torch.from_numpy(np.stack([hidden[r] if hidden[r] is not None else self._hidden_of(plans[r])
                                                    for r in model_rows]))  # (B, S)
                 queries = self.model.output_vector(state)  # (B, H)
+                if self.user_width:  # the user part's projection joins the query (models/rnn.py user_vector)
+                    zero_u = np.zeros(self.user_width, dtype=np.float32)
+                    u = torch.from_numpy(np.stack([users[r] if users[r] is not None else zero_u for r in model_rows]))
+                    extra = self.model.user_vector(u, None)  # type: ignore[attr-defined]  # (B, H)
+                    if extra is not None:
+                        queries = queries + extra
                 rows_ex = [exclude[r] for r in model_rows]
                 cat = self.catalogue
                 if not cat.new_ids:

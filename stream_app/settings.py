@@ -77,6 +77,8 @@ class TopicSettings(BaseModel):
     dead_letter: str = "clicks-dlq"
     items: str = Field("items", description="the compacted catalogue topic (key item id); empty = no live catalogue")
     items_dead_letter: str = "items-dlq"
+    users: str = Field("users", description="the compacted profiles topic (key user id); empty = no live profiles")
+    users_dead_letter: str = "users-dlq"
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
     create_missing: bool = True

@@ -250,6 +250,8 @@ def worker_acls(settings: Settings, principal: str = f"User:{WORKER}", leave_out
         (ResourceType.TOPIC, t.dead_letter, literal, ("WRITE", "DESCRIBE")),
         *([(ResourceType.TOPIC, t.items, literal, ("READ", "DESCRIBE")),  # the live catalogue, read whole
            (ResourceType.TOPIC, t.items_dead_letter, literal, ("WRITE", "DESCRIBE"))] if t.items else []),
+        *([(ResourceType.TOPIC, t.users, literal, ("READ", "DESCRIBE")),  # live profiles, read whole
+           (ResourceType.TOPIC, t.users_dead_letter, literal, ("WRITE", "DESCRIBE"))] if t.users else []),
         (ResourceType.TOPIC, f"{app_id}-", prefixed, ("READ", "WRITE", "DESCRIBE", "CREATE")),
         (ResourceType.GROUP, app_id, literal, ("READ", "DESCRIBE")),
     ]

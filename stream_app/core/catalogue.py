@@ -57,23 +57,37 @@ class ItemRecord:
 
 def decode_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> ItemRecord:
     """Validate one ``items`` record; raises InvalidRecord (never anything else) when it is unusable."""
+    item_id, names, body = decode_keyed_attributes(key, value, max_bytes=max_bytes, id_field="item_id")
+    if body is None:
+        return ItemRecord(item_id, (), False, True)
+    available = body.get("available", True)
+    if not isinstance(available, bool):
+        raise InvalidRecord("bad_type", f"available must be true or false, got {type(available).__name__}")
+    return ItemRecord(item_id, names, available, False)
+
+
+def decode_keyed_attributes(key: bytes | None, value: bytes | None, *, max_bytes: int,
+                            id_field: str) -> tuple[str, tuple[str, ...], dict[str, Any] | None]:
+    """The rules items and users records share: a UTF-8 id as key, a JSON object with an optional
+    ``attributes`` list (strings or integers) or null (a tombstone: body None). Raises InvalidRecord."""
+    what = id_field.split("_")[0]
     if key is None or not key:
-        raise InvalidRecord("missing_key", "catalogue records are keyed by item id")
+        raise InvalidRecord("missing_key", f"these records are keyed by {what} id")
     try:
-        item_id = bytes(key).decode("utf-8")
+        key_id = bytes(key).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRecord("not_utf8", "the key is not UTF-8") from None
-    if len(item_id) > MAX_ID_CHARS:
-        raise InvalidRecord("bad_value", f"item id must have 1 to {MAX_ID_CHARS} characters, got {len(item_id)}")
+    if len(key_id) > MAX_ID_CHARS:
+        raise InvalidRecord("bad_value", f"{what} id must have 1 to {MAX_ID_CHARS} characters, got {len(key_id)}")
     if value is None:
-        return ItemRecord(item_id, (), False, True)
+        return key_id, (), None
     if len(value) > max_bytes:
         raise InvalidRecord("too_large", f"{len(value)} bytes > limit {max_bytes}")
     body = _exact_parse(bytes(value))
     if not isinstance(body, dict):
         raise InvalidRecord("not_object", f"expected a JSON object or null, got {type(body).__name__}")
-    if "item_id" in body and str(body["item_id"]) != item_id:
-        raise InvalidRecord("key_mismatch", "item_id differs from the message key; key records by item id")
+    if id_field in body and str(body[id_field]) != key_id:
+        raise InvalidRecord("key_mismatch", f"{id_field} differs from the message key; key records by {what} id")
     attrs = body.get("attributes", [])
     if not isinstance(attrs, list):
         raise InvalidRecord("bad_type", f"attributes must be a list, got {type(attrs).__name__}")
@@ -87,10 +101,7 @@ def decode_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> It
         if not name or len(name) > MAX_ID_CHARS:
             raise InvalidRecord("bad_value", f"an attribute must have 1 to {MAX_ID_CHARS} characters")
         names.append(name)
-    available = body.get("available", True)
-    if not isinstance(available, bool):
-        raise InvalidRecord("bad_type", f"available must be true or false, got {type(available).__name__}")
-    return ItemRecord(item_id, tuple(dict.fromkeys(names)), available, False)
+    return key_id, tuple(dict.fromkeys(names)), body
 
 
 def state_code(item_id: str) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from stream_app.core.catalogue import Applied, Catalogue, ItemRecord
+from stream_app.core.profiles import ProfileRecord, Profiles
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
 from stream_app.core.shaping import cap_per_group
@@ -168,10 +169,14 @@ class Recommender:
         ranker: Ranker | None = None,
         attributes: tuple[Any, ...] | None = None,
         excluded: tuple[Collection[int], Collection[str]] = ((), ()),
+        profile_vocabulary: Sequence[str] = (),
     ) -> None:
         self.model = model
         # long-term users (models/users.py): the user-level GRU folds a finished session in at the gap
         self.user_width = int(getattr(getattr(model, "config", None), "user_hidden", 0) or 0)
+        # live profiles (stream_app/core/profiles.py), pooled into the query by a network trained with them
+        self.profiles = Profiles(profile_vocabulary)
+        self.fuses_profiles = getattr(model, "profile", None) is not None and bool(profile_vocabulary)
         # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
         self.ranker: Ranker = ranker if ranker is not None else ExactRanker(model.out_emb, model.out_bias)
         self.item_ids = list(item_ids)
@@ -221,6 +226,10 @@ class Recommender:
             self.ranker.set_blocked(done.unblocked, False)
             self._rank_popular()
         return done
+
+    def apply_profiles(self, records: Sequence[ProfileRecord]) -> None:
+        """Profile records in (between batches, like the catalogue): used from each user's next click."""
+        self.profiles.apply(records)
 
     def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
         """Apply a micro-batch in order: the recurrent steps wave by wave, then one ranker call for all.
@@ -281,7 +290,7 @@ class Recommender:
                 else:
                     current[user] = (current[user][0], None)
 
-        top = self._rank(plans, hidden, long_term)
+        top = self._rank(plans, hidden, long_term, [inc.click.user_id for inc in batch])
         outcomes: list[Outcome] = []
         for i, inc in enumerate(batch):
             plan, items = plans[i], top.indices[i]
@@ -373,9 +382,9 @@ class Recommender:
         return x
 
     def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None],
-              users: Sequence[np.ndarray | None] = ()) -> TopK:
-        """One ranker call for every STEP and SCORE row (from its hidden state and user part); popularity
-        for the rest."""
+              users: Sequence[np.ndarray | None] = (), user_ids: Sequence[str] = ()) -> TopK:
+        """One ranker call for every STEP and SCORE row (from its hidden state, user part and profile);
+        popularity for the rest."""
         n_rows = len(plans)
         values: list[list[float]] = [[] for _ in range(n_rows)]
         indices: list[list[int]] = [[] for _ in range(n_rows)]
@@ -386,10 +395,11 @@ class Recommender:
                 state = torch.from_numpy(np.stack([hidden[r] if hidden[r] is not None else self._hidden_of(plans[r])
                                                    for r in model_rows]))  # (B, S)
                 queries = self.model.output_vector(state)  # (B, H)
-                if self.user_width:  # the user part's projection joins the query (models/rnn.py user_vector)
+                prof = self.profiles.matrix([user_ids[r] for r in model_rows]) if self.fuses_profiles else None
+                if prof is not None:  # the pooled profile joins the query (models/rnn.py user_vector)
                     zero_u = np.zeros(self.user_width, dtype=np.float32)
                     u = torch.from_numpy(np.stack([users[r] if users[r] is not None else zero_u for r in model_rows]))
-                    extra = self.model.user_vector(u, None)  # type: ignore[attr-defined]  # (B, H)
+                    extra = self.model.user_vector(u, torch.from_numpy(prof))  # type: ignore[attr-defined]  # (B, H)
                     if extra is not None:
                         queries = queries + extra
                 rows_ex = [exclude[r] for r in model_rows]

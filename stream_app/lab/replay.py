@@ -86,10 +86,12 @@ def replay(
     return n
 
 
-def catalogue_messages(path: Path) -> Iterator[tuple[bytes, bytes | None]]:
+def catalogue_messages(path: Path, id_field: str = "item_id") -> Iterator[tuple[bytes, bytes | None]]:
     """(key, value) records for the ``items`` topic from a file: an S3-Rec ``NAME_item2attributes.json`` (item ->
     attribute ids; every item available) or JSON Lines of ``{"item_id", "attributes"?, "available"?}`` objects,
-    where ``{"item_id": ..., "deleted": true}`` is a tombstone. Values are sent as written; the worker validates."""
+    where ``{"item_id": ..., "deleted": true}`` is a tombstone. Values are sent as written; the worker validates.
+    With ``id_field="user_id"``, records for the ``users`` topic: ``user2attributes.json`` or JSON Lines of
+    ``{"user_id", "attributes"}``."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -100,27 +102,28 @@ def catalogue_messages(path: Path) -> Iterator[tuple[bytes, bytes | None]]:
         whole = None
     if isinstance(whole, dict):
         for item, attrs in whole.items():
-            yield str(item).encode(), orjson.dumps({"attributes": attrs, "available": True})
+            yield str(item).encode(), orjson.dumps({"attributes": attrs, **({"available": True} if id_field == "item_id" else {})})
         return
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             body = json.loads(line)
-            item = str(body["item_id"])
+            item = str(body[id_field])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path}:{n}: not a catalogue line ({exc!r:.80}); expected "
-                               '{"item_id": ..., "attributes": [...], "available": true}') from None
+            raise DatasetError(f"{path}:{n}: not a {id_field.split('_')[0]} record line ({exc!r:.80}); expected "
+                               f'{{"{id_field}": ..., "attributes": [...]}}') from None
         yield item.encode(), None if body.get("deleted") is True else line.strip().encode()
 
 
-def publish_catalogue(settings: Settings, messages: Iterable[tuple[bytes, bytes | None]]) -> int:
-    """Send catalogue records to the items topic and flush; returns the count."""
+def publish_catalogue(settings: Settings, messages: Iterable[tuple[bytes, bytes | None]], topic: str | None = None) -> int:
+    """Send catalogue records to the items topic (or ``topic``: profiles to the users topic) and flush;
+    returns the count."""
     prod = producer(settings)
     n = 0
     try:
         for key, value in messages:
-            prod.send(settings.topics.items, key=key, value=value)
+            prod.send(topic or settings.topics.items, key=key, value=value)
             n += 1
         prod.flush()
     finally:

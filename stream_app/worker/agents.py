@@ -50,7 +50,7 @@ class Shell:
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
         self.outbox = wiring.outbox
-        self.catalogue = attach_catalogue(wiring.app, recommender, metrics, settings)  # the live items topic
+        self.catalogue, self.profiles = attach_catalogue(wiring.app, recommender, metrics, settings)  # items, users
 
     # -- the per-batch path --------------------------------------------------
 
@@ -294,7 +294,8 @@ class Shell:
             recovered = app.tables.recovery.completed.is_set()
         except AttributeError:
             recovered = False
-        return bool(recovered and not app.rebalancing and self.catalogue.caught_up.is_set())
+        return bool(recovered and not app.rebalancing and self.catalogue.caught_up.is_set()
+                    and self.profiles.caught_up.is_set())
 
     def update_gauges(self) -> None:
         app = self.w.app
@@ -374,6 +375,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
             log.warning("could not exempt the click queue from Faust's clear-on-resume (faust-streaming #596)")
         acks = shell.acks = DeliveryAcks(stream, timeout_s=w.delivery_timeout_s)
         await shell.catalogue.caught_up.wait()  # no list before the catalogue present at start is applied
+        await shell.profiles.caught_up.wait()  # ... nor before the profiles are
         try:
             async for events in take_available(stream, w.batch_max, within=w.batch_ms / 1000.0,
                                                quiet=w.batch_quiet_ms / 1000.0):

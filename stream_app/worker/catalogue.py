@@ -1,4 +1,5 @@
-"""The live catalogue's shell: every worker reads the compacted ``items`` topic whole into the core.
+"""The live catalogue's and profiles' shell: every worker reads the compacted ``items`` and ``users``
+topics whole into the core.
 
 Why not a Faust ``GlobalTable``: a global table is fed through its changelog,
 and workers holding a changelog partition as active do not see records written
@@ -12,9 +13,15 @@ record was applied reflects it), and holds the first click batch until it has
 read up to the end offsets it found at start: a restarted worker never serves
 an item that was switched off before it stopped.
 
-Bad records get a reason and go to ``items_dead_letter`` (compacted, keyed by
-``topic/partition/offset``, so the copies every worker sends collapse into
-one), with the same headers as the clicks' dead letters.
+Bad records get a reason and go to ``items_dead_letter`` (``users_dead_letter``;
+compacted, keyed by ``topic/partition/offset``, so the copies every worker
+sends collapse into one), with the same headers as the clicks' dead letters.
+
+Profiles are read the same way, whole, by every worker: simple and exact (a
+profile record is applied before the next batch, whatever partition its user's
+clicks are on), at the cost of every worker holding every profile in memory
+(about 100 bytes a user: 100 MB per worker at a million users; a table
+co-partitioned with the clicks would hold a worker's share only).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import logging
 from typing import Any
 
 from stream_app.core.catalogue import REASONS, ItemRecord, decode_item
+from stream_app.core.profiles import decode_profile
 from stream_app.core.recommender import Recommender
 from stream_app.core.records import (
     DEAD_LETTER_DETAIL_HEADER,
@@ -42,17 +50,34 @@ DEAD_LETTER_KEY_HEADER = "streamrec-key"
 class CatalogueReader:
     """Runs as a Faust task; ``caught_up`` is set once the records present at start are applied."""
 
+    what = "catalogue"
+
     def __init__(self, recommender: Recommender, metrics: Metrics, settings: Settings) -> None:
         self.rec = recommender
         self.m = metrics
         self.s = settings
         self.topic = settings.topics.items
+        self.dead_letter_topic = settings.topics.items_dead_letter
+        self.records_metric, self.dead_letters_metric = metrics.catalogue_records, metrics.catalogue_dead_letters
         self.caught_up = asyncio.Event()
         self.applied = 0  # records applied since start (the /catalogue page shows it)
+        self.setup()
         if not self.topic:
             self.caught_up.set()
         for reason in REASONS:  # every series exported from the start, at zero
-            metrics.catalogue_dead_letters.labels(reason)
+            self.dead_letters_metric.labels(reason)
+
+    def setup(self) -> None:
+        """What differs per topic, in a subclass (profiles)."""
+
+    def decode(self, r: Any) -> Any:
+        return decode_item(r.key, r.value, max_bytes=self.s.worker.max_event_bytes)
+
+    def apply(self, records: list[Any]) -> Any:
+        return self.rec.apply_catalogue(records)
+
+    def applied_log(self) -> str:
+        return str(self.rec.catalogue.counts())
 
     async def run(self) -> None:
         """Read forever; a broker error is logged and the read resumes (the worker keeps serving)."""
@@ -72,13 +97,13 @@ class CatalogueReader:
                 try:
                     batch = await consumer.getmany(timeout_ms=500, max_records=5000)
                 except Exception as exc:  # noqa: BLE001 - a broker hiccup: keep the catalogue as it is, retry
-                    log.warning("reading the catalogue topic %r failed (%r); retrying", self.topic, exc)
+                    log.warning("reading the %s topic %r failed (%r); retrying", self.what, self.topic, exc)
                     await asyncio.sleep(1.0)
                     continue
                 for records in batch.values():
                     await self._apply(records, producer)
                 if not self.caught_up.is_set() and await self._reached(consumer, ends):
-                    log.info("catalogue read: %d records applied (%s)", self.applied, self.rec.catalogue.counts())
+                    log.info("%s read: %d records applied (%s)", self.what, self.applied, self.applied_log())
                     self.caught_up.set()
         finally:
             await consumer.stop()
@@ -102,8 +127,8 @@ class CatalogueReader:
                 break
             await asyncio.sleep(0.1)
         if not parts:
-            log.warning("the catalogue topic %r does not exist: no live catalogue until the worker restarts with it "
-                        "(create it compacted; docs/input.md#catalogue)", self.topic)
+            log.warning("the %s topic %r does not exist: not read until the worker restarts with it "
+                        "(create it compacted; docs/input.md)", self.what, self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -117,28 +142,28 @@ class CatalogueReader:
         good: list[tuple[Any, ItemRecord]] = []
         for r in records:
             try:
-                good.append((r, decode_item(r.key, r.value, max_bytes=self.s.worker.max_event_bytes)))
+                good.append((r, self.decode(r)))
             except InvalidRecord as error:
                 await self._dead_letter(r, error, producer)
         if not good:
             return
         try:
-            done = [self.rec.apply_catalogue([item for _, item in good])]
+            done = [self.apply([item for _, item in good])]
             applied = len(good)
         except Exception:  # noqa: BLE001 - a bug, not input: isolate the record that trips it, as for clicks
-            log.exception("the core failed on %d catalogue records; applying them one by one", len(good))
+            log.exception("the core failed on %d %s records; applying them one by one", len(good), self.what)
             done, applied = [], 0
             for r, item in good:
                 try:
-                    done.append(self.rec.apply_catalogue([item]))
+                    done.append(self.apply([item]))
                     applied += 1
                 except Exception as exc:  # noqa: BLE001
-                    log.exception("the core failed on catalogue record %s/%s/%s", r.topic, r.partition, r.offset)
+                    log.exception("the core failed on %s record %s/%s/%s", self.what, r.topic, r.partition, r.offset)
                     await self._dead_letter(r, InvalidRecord("internal_error", f"{type(exc).__name__}: {exc}"[:300]),
                                             producer)
         self.applied += applied
-        self.m.catalogue_records.inc(applied)
-        no_vector = sum(d.no_vector for d in done)
+        self.records_metric.inc(applied)
+        no_vector = sum(getattr(d, "no_vector", 0) for d in done)
         if no_vector:
             log.warning("%d new catalogue items have no attribute the model knows: not recommendable until "
                         "the next training", no_vector)
@@ -152,28 +177,65 @@ class CatalogueReader:
             (DEAD_LETTER_SOURCE_HEADER, source.encode()),
             (DEAD_LETTER_KEY_HEADER, (r.key or b"")[:512]),
         ]
-        await producer.send_and_wait(self.s.topics.items_dead_letter, r.value if r.value is not None else b"",
+        await producer.send_and_wait(self.dead_letter_topic, r.value if r.value is not None else b"",
                                      key=source.encode(), headers=headers)
-        self.m.catalogue_dead_letters.labels(error.reason).inc()
-        log.warning("catalogue record %s dead-lettered: %s", source, error)
+        self.dead_letters_metric.labels(error.reason).inc()
+        log.warning("%s record %s dead-lettered: %s", self.what, source, error)
 
     def update_gauge(self) -> None:
         for state, n in self.rec.catalogue.counts().items():
             self.m.catalogue_items.labels(state).set(n)
 
 
-def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics, settings: Settings) -> CatalogueReader:
-    """The reader as a task of the app (every worker runs one) and ``GET /catalogue`` (counts by state)."""
+class ProfileReader(CatalogueReader):
+    """The ``users`` topic: profile records into the core, bad ones to ``users_dead_letter``."""
+
+    what = "profiles"
+
+    def setup(self) -> None:
+        self.topic = self.s.topics.users
+        self.dead_letter_topic = self.s.topics.users_dead_letter
+        self.records_metric, self.dead_letters_metric = self.m.profile_records, self.m.profile_dead_letters
+
+    def decode(self, r: Any) -> Any:
+        return decode_profile(r.key, r.value, max_bytes=self.s.worker.max_event_bytes)
+
+    def apply(self, records: list[Any]) -> Any:
+        return self.rec.apply_profiles(records)
+
+    def applied_log(self) -> str:
+        return f"{len(self.rec.profiles.codes)} users with a profile"
+
+    def update_gauge(self) -> None:
+        self.m.profiles.set(len(self.rec.profiles.codes))
+
+
+def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
+                     settings: Settings) -> tuple[CatalogueReader, ProfileReader]:
+    """The readers as tasks of the app (every worker runs them), ``GET /catalogue`` (counts by state)
+    and ``GET /profiles``."""
     reader = CatalogueReader(recommender, metrics, settings)
+    profiles = ProfileReader(recommender, metrics, settings)
 
     @app.task
     async def read_catalogue() -> None:
         await reader.run()
+
+    @app.task
+    async def read_profiles() -> None:
+        await profiles.run()
+
+    @app.page("/profiles")
+    async def profiles_page(web: Any, request: Any) -> Any:
+        return web.json({"topic": profiles.topic, "caught_up": profiles.caught_up.is_set(),
+                         "records_applied": profiles.applied, "users": len(recommender.profiles.codes),
+                         "unknown_attributes": recommender.profiles.unknown,
+                         "used_by_the_model": recommender.fuses_profiles})
 
     @app.page("/catalogue")
     async def catalogue_page(web: Any, request: Any) -> Any:
         return web.json({"topic": reader.topic, "caught_up": reader.caught_up.is_set(),
                          "records_applied": reader.applied, "items": recommender.catalogue.counts()})
 
-    del read_catalogue, catalogue_page
-    return reader
+    del read_catalogue, catalogue_page, read_profiles, profiles_page
+    return reader, profiles

@@ -43,6 +43,9 @@ class Metrics:
     catalogue_records: Counter
     catalogue_items: Gauge
     catalogue_dead_letters: Counter
+    profile_records: Counter
+    profiles: Gauge
+    profile_dead_letters: Counter
     short_lists: Counter
 
     @classmethod
@@ -97,6 +100,12 @@ class Metrics:
             catalogue_dead_letters=Counter("streamrec_catalogue_dead_letters",
                                            "Catalogue records sent to the catalogue's dead-letter topic", ["reason"],
                                            registry=r),
+            profile_records=Counter("streamrec_profile_records", "Profile records applied from the users topic",
+                                    registry=r),
+            profiles=Gauge("streamrec_profiles", "Users with a live profile (every worker holds all)", registry=r),
+            profile_dead_letters=Counter("streamrec_profile_dead_letters",
+                                         "Profile records sent to the profiles' dead-letter topic", ["reason"],
+                                         registry=r),
             short_lists=Counter("streamrec_short_lists", "Lists published with fewer than k items: the candidates "
                                 "ran out after exclusions, unavailable items and caps", registry=r),
         )

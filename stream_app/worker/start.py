@@ -58,7 +58,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         raise ModelLoadError("STREAMREC_MODEL__MAX_PER_ATTRIBUTE needs a checkpoint trained with --item-attributes")
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
                       ranker=ranker_for(settings, ckpt.model, ckpt.version),
-                      attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes))
+                      attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes),
+                      profile_vocabulary=[str(a) for a in ckpt.meta.get("profile_attributes") or ()])
     trained_gap = ckpt.meta.get("gap_seconds")
     if rec.user_width and trained_gap and float(trained_gap) != settings.session.gap_s:
         log.warning("the session-aware model was trained with sessions cut at %.0f s, the worker cuts them at "

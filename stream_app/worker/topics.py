@@ -41,6 +41,8 @@ def wanted_topics(settings: Settings) -> dict[str, dict[str, str]]:
         changelog_topic(settings): {"cleanup.policy": "compact"},
         **({t.items: {"cleanup.policy": "compact"},  # any partition count: every worker reads it whole
             t.items_dead_letter: {"cleanup.policy": "compact"}} if t.items else {}),
+        **({t.users: {"cleanup.policy": "compact"},  # read whole by every worker, as the catalogue
+            t.users_dead_letter: {"cleanup.policy": "compact"}} if t.users else {}),
     }
 
 

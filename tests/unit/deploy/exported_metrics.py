@@ -45,6 +45,9 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_catalogue_records_total": _m("counter"),
     "streamrec_catalogue_items": _m("gauge", "state"),
     "streamrec_catalogue_dead_letters_total": _m("counter", "reason"),
+    "streamrec_profile_records_total": _m("counter"),
+    "streamrec_profiles": _m("gauge"),
+    "streamrec_profile_dead_letters_total": _m("counter", "reason"),
     "streamrec_short_lists_total": _m("counter"),
 }
 

@@ -103,3 +103,4 @@ def test_streamrec_longterm_prints_every_method_as_json(tmp_path: Path, capsys) 
 
     loaded = load_checkpoint(ckpt)
     assert loaded.model.config.user_hidden == 4 and loaded.meta["profile_attributes"] == ["g:0", "g:1"]
+

@@ -1,0 +1,95 @@
+"""Live profiles on a real broker: a profile published to the users topic is used from the user's next click,
+a tombstone takes it back, bad records are dead-lettered with a reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.rnn import ModelConfig, SessionRNN
+from stream_app.core.profiles import decode_profile
+from stream_app.core.recommender import Incoming
+from stream_app.core.records import Click, Source
+from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, http_get, recommendations
+from stream_app.lab.replay import publish_catalogue
+from stream_app.settings import Settings
+from stream_app.worker.start import load_recommender
+from tests.integration.helpers import send_all
+
+N_ITEMS = 40
+VOCAB = ["gender:F", "gender:M", "age:18-24"]
+
+
+@pytest.fixture(scope="module")
+def profile_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight session-aware GRU whose profile vectors move the query a lot."""
+    torch.manual_seed(5)
+    net = SessionRNN(ModelConfig(n_items=N_ITEMS, hidden=16, user_hidden=8, profile_attributes=len(VOCAB))).eval()
+    torch.nn.init.normal_(net.profile.weight, std=3.0)  # type: ignore[union-attr]
+    path = tmp_path_factory.mktemp("profile-ckpt") / "profiles.pt"
+    save_checkpoint(path, net, [f"i{j}" for j in range(N_ITEMS)], list(range(N_ITEMS, 0, -1)),
+                    {"profile_attributes": VOCAB, "gap_seconds": 1800.0})
+    return path
+
+
+def _expected(settings: Settings, steps: list) -> list[list[str]]:
+    """The core's lists for steps: ("click", user, item, ts) or ("profile", key, value), in order."""
+    rec, _ = load_recommender(settings)
+    blobs: dict[str, bytes | None] = {}
+    out = []
+    for n, step in enumerate(steps):
+        if step[0] == "profile":
+            rec.apply_profiles([decode_profile(step[1], step[2], max_bytes=8192)])
+            continue
+        _, user, item, ts = step
+        got = rec.process([Incoming(Click(user, item, ts), Source("x", 0, n, 0.0), blobs.get(user))], 0.0)[0]
+        blobs[user] = got.state_blob
+        out.append(list(got.recommendation.items))
+    return out
+
+
+def _wait_profiles(worker: WorkerProcess, n: int, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = http_get(worker.base_url + "/profiles")
+        page = json.loads(body) if status == 200 else {}
+        if page.get("records_applied", 0) >= n or time.monotonic() > deadline:
+            assert page.get("records_applied", 0) >= n, page
+            return page
+        time.sleep(0.2)
+
+
+def test_live_profiles(settings: Settings, profile_checkpoint: Path) -> None:
+    s = settings.model_copy(update={"model": settings.model.model_copy(update={"path": profile_checkpoint})})
+    bad = [(b"bad1", b"not json"), (b"bad2", b'{"attributes": 5}'), (b"bad3", b'{"user_id": "other"}')]
+    assert publish_catalogue(s, bad, topic=s.topics.users) == 3
+    profile = (b"u0", b'{"attributes": ["gender:F", "age:18-24", "not-in-the-model"]}')
+    clicks = [("click", "u0", "i1", 100.0), ("profile", *profile), ("click", "u0", "i2", 101.0),
+              ("profile", b"u0", None), ("click", "u0", "i3", 102.0)]
+    with_profile = _expected(s, clicks)
+    without = _expected(s, [c for c in clicks if c[0] == "click"])
+    assert with_profile[1] != without[1]  # the profile changes the list, so the test can see it used
+    with WorkerProcess(s) as worker:
+        worker.wait_ready()
+        reader = TopicReader(s, s.topics.recommendations)
+        send_all(s, [(b"u0", Click("u0", "i1", 100.0).to_json())])
+        assert list(recommendations(reader.read_until(1, 60))[0].items) == with_profile[0]
+        assert publish_catalogue(s, [profile], topic=s.topics.users) == 1
+        page = _wait_profiles(worker, 1)
+        assert page["users"] == 1 and page["unknown_attributes"] == 1 and page["used_by_the_model"]
+        send_all(s, [(b"u0", Click("u0", "i2", 101.0).to_json())])
+        assert list(recommendations(reader.read_until(1, 60))[0].items) == with_profile[1]
+        assert publish_catalogue(s, [(b"u0", None)], topic=s.topics.users) == 1
+        _wait_profiles(worker, 2)
+        send_all(s, [(b"u0", Click("u0", "i3", 102.0).to_json())])
+        assert list(recommendations(reader.read_until(1, 60))[0].items) == with_profile[2]
+        dlq = TopicReader(s, s.topics.users_dead_letter).read_until(3, 30, idle_s=1)
+        metrics = worker.metrics()
+    assert sorted(dead_letter_reasons(dlq)) == ["bad_type", "key_mismatch", "not_json"]
+    assert 'streamrec_profile_dead_letters_total{reason="not_json"} 1.0' in metrics
+    assert "streamrec_profiles 0.0" in metrics and "streamrec_profile_records_total 2.0" in metrics

@@ -4,7 +4,6 @@ attributes without retraining, bad records are dead-lettered with a reason, a re
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,11 @@ from models.rnn import ModelConfig, SessionRNN
 from stream_app.core.catalogue import decode_item
 from stream_app.core.recommender import Incoming
 from stream_app.core.records import Click, Source
-from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, http_get, recommendations
+from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, recommendations
 from stream_app.lab.replay import catalogue_messages, publish_catalogue
 from stream_app.settings import Settings
 from stream_app.worker.start import load_recommender
-from tests.integration.helpers import send_all
+from tests.integration.helpers import send_all, wait_applied
 
 N_ITEMS = 40
 ATTRS = {f"i{j}": [f"cat{j % 5}", f"brand{j % 7}"] for j in range(N_ITEMS)}
@@ -55,16 +54,8 @@ def _publish(settings: Settings, records: list[tuple[bytes, bytes | None]]) -> N
     assert publish_catalogue(settings, records) == len(records)
 
 
-def _wait_applied(worker: WorkerProcess, n: int, timeout_s: float = 30.0) -> dict:
-    """The worker's /catalogue page once it has applied ``n`` records (the lists after that reflect them)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status, body = http_get(worker.base_url + "/catalogue")
-        page = json.loads(body) if status == 200 else {}
-        if page.get("records_applied", 0) >= n or time.monotonic() > deadline:
-            assert page.get("records_applied", 0) >= n, page
-            return page
-        time.sleep(0.2)
+def _wait_applied(worker: WorkerProcess, n: int) -> dict:
+    return wait_applied(worker, "/catalogue", n)
 
 
 def _expected(settings: Settings, catalogue: list[tuple[bytes, bytes | None]], clicks: list[tuple[str, str]]) -> list:

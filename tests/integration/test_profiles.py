@@ -3,8 +3,6 @@ a tombstone takes it back, bad records are dead-lettered with a reason."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,11 @@ from models.rnn import ModelConfig, SessionRNN
 from stream_app.core.profiles import decode_profile
 from stream_app.core.recommender import Incoming
 from stream_app.core.records import Click, Source
-from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, http_get, recommendations
+from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, recommendations
 from stream_app.lab.replay import publish_catalogue
 from stream_app.settings import Settings
 from stream_app.worker.start import load_recommender
-from tests.integration.helpers import send_all
+from tests.integration.helpers import send_all, wait_applied
 
 N_ITEMS = 40
 VOCAB = ["gender:F", "gender:M", "age:18-24"]
@@ -53,15 +51,8 @@ def _expected(settings: Settings, steps: list) -> list[list[str]]:
     return out
 
 
-def _wait_profiles(worker: WorkerProcess, n: int, timeout_s: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status, body = http_get(worker.base_url + "/profiles")
-        page = json.loads(body) if status == 200 else {}
-        if page.get("records_applied", 0) >= n or time.monotonic() > deadline:
-            assert page.get("records_applied", 0) >= n, page
-            return page
-        time.sleep(0.2)
+def _wait_profiles(worker: WorkerProcess, n: int) -> dict:
+    return wait_applied(worker, "/profiles", n)
 
 
 def test_live_profiles(settings: Settings, profile_checkpoint: Path) -> None:

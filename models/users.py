@@ -276,6 +276,103 @@ def evaluate_cases(method: Method, cases: list[Case], n_items: int, ks: tuple[in
     return out
 
 
+# ---------------------------------------------------------------------------------------- user vectors
+def user_vectors(model: Any, coder: Coder, users: list[UserHistory]) -> np.ndarray:
+    """(n_users, U) each user's long-term state after all of its sessions (what the worker holds at the
+    user's next session), stepped as the worker steps it."""
+    out = np.zeros((len(users), model.config.user_hidden), dtype=np.float32)
+    with torch.inference_mode():
+        for n, u in enumerate(users):
+            user = model.zero_user(1)  # (1, U)
+            for session in (c for c in (coder.items_of(s) for s in u.sessions) if len(c)):
+                state = model.session_start(user)  # (1, S)
+                for x in model.input_vectors(torch.from_numpy(session)):
+                    state, _ = model.advance(state, x.unsqueeze(0))
+                user = model.user_step(user, state)
+            out[n] = user[0].numpy()
+    return out
+
+
+def popularity_vectors(coder: Coder, users: list[UserHistory], counts: np.ndarray, bins: int = 10) -> np.ndarray:
+    """(n_users, bins + 1) the baseline: the share of a user's clicks in each popularity decile of the
+    items, and the log of the user's click count."""
+    order = np.argsort(np.argsort(-counts, kind="stable"), kind="stable")  # item -> popularity rank
+    decile = np.minimum(order * bins // max(len(counts), 1), bins - 1)
+    out = np.zeros((len(users), bins + 1), dtype=np.float32)
+    for n, u in enumerate(users):
+        items = np.concatenate([coder.items_of(s) for s in u.sessions] or [np.zeros(0, np.int64)])
+        if len(items):
+            out[n, :bins] = np.bincount(decile[items], minlength=bins) / len(items)
+            out[n, bins] = np.log1p(len(items))
+    return out
+
+
+def probe_auc(x: np.ndarray, labels: list[str], folds: int = 5, seed: int = 0) -> float:
+    """Macro one-vs-rest ROC AUC of a logistic-regression probe (scikit-learn), cross-validated over users."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(labels)
+    keep = np.isin(y, [c for c, n in zip(*np.unique(y, return_counts=True)) if n >= folds])  # classes every fold has
+    x, y = x[keep], y[keep]
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    proba = cross_val_predict(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                              method="predict_proba")
+    classes = np.unique(y)
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], proba[:, 1]))
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
+
+
+def neighbour_precision(x: np.ndarray | None, seen: list[set[int]], held: dict[int, set[int]], k: int = 10,
+                        seed: int = 0) -> float:
+    """For users with held-out items: the share of their ``k`` nearest users (cosine over ``x``; random
+    users when ``x`` is None) whose known items include one of them."""
+    rng = np.random.default_rng(seed)
+    n = len(seen)
+    if x is not None:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+    hits = total = 0
+    for i, items in held.items():
+        if x is None:
+            near = rng.choice(np.delete(np.arange(n), i), size=k, replace=False)
+        else:
+            sims = unit @ unit[i]
+            sims[i] = -np.inf
+            near = np.argpartition(-sims, k)[:k]
+        hits += sum(bool(seen[j] & items) for j in near)
+        total += k
+    return hits / max(total, 1)
+
+
+def vector_figures(model: Any, coder: Coder, train: list[UserHistory], counts: np.ndarray,
+                   profiles: dict[str, list[str]], held: list[tuple[UserHistory, list[str]]]) -> dict[str, Any]:
+    """Are the long-term vectors worth serving? A linear probe of each profile field from them against
+    the popularity-vector baseline, and neighbour precision against random users and item-overlap kNN."""
+    vec = user_vectors(model, coder, train)
+    pop = popularity_vectors(coder, train, counts)
+    out: dict[str, Any] = {"users": len(train)}
+    fields = sorted({a.split(":", 1)[0] for v in profiles.values() for a in v if ":" in a})
+    for f in fields:
+        labels = [next((a.split(":", 1)[1] for a in profiles.get(u.user, []) if a.startswith(f + ":")), "?")
+                  for u in train]
+        out[f"probe_auc_{f}"] = {"user_vectors": probe_auc(vec, labels), "popularity_vectors": probe_auc(pop, labels)}
+    seen = [set(np.concatenate([coder.items_of(s) for s in u.sessions] or [np.zeros(0, np.int64)]).tolist())
+            for u in train]
+    row = {u.user: n for n, u in enumerate(train)}
+    held_items = {row[u.user]: set(coder.items_of(s).tolist()) for u, s in held if u.user in row}
+    overlap = np.zeros((len(train), len(coder.item_ids)), dtype=np.float32)
+    for n, items in enumerate(seen):
+        overlap[n, list(items)] = 1.0
+    out["neighbour_precision@10"] = {"user_vectors": neighbour_precision(vec, seen, held_items),
+                                     "item_overlap_knn": neighbour_precision(overlap, seen, held_items),
+                                     "random_users": neighbour_precision(None, seen, held_items)}
+    return out
+
+
 # ---------------------------------------------------------------------------------------- the experiment
 SKNN_K = (10, 25, 50, 100, 200, 500)
 SKNN_HISTORY = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -336,6 +433,7 @@ def long_term_experiment(clicks_path: str, profiles_path: str | None, gap: float
                 f"({time.perf_counter() - t:.0f} s)")
         if name == "session_aware":
             saved = (model, meta)
+            res["user_vectors"] = vector_figures(model, coder, train, counts, profiles, test_held)
     for name, weights in (("sknn_user_history", SKNN_HISTORY), ("sknn", (0.0,))):
         k, w, v = _tune_sknn(sessions, n, valid, weights)
         res[name] = {**evaluate_cases(sknn_method(sessions, n, k, w), test, n), "k": k, "history_weight": w,
@@ -355,4 +453,5 @@ def long_term_experiment(clicks_path: str, profiles_path: str | None, gap: float
 
 
 __all__ = ["Case", "Coder", "KS_USERS", "UserHistory", "drop_rare_items", "evaluate_cases", "long_term_experiment",
-           "network_method", "popularity_method", "read_profiles", "read_user_clicks", "sknn_method", "split_last"]
+           "neighbour_precision", "network_method", "popularity_method", "popularity_vectors", "probe_auc",
+           "read_profiles", "read_user_clicks", "sknn_method", "split_last", "user_vectors", "vector_figures"]

@@ -88,6 +88,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return worker.run(settings)
 
 
+def cmd_segments(args: argparse.Namespace) -> int:
+    import json
+
+    from stream_app.lab.segments import segments
+
+    settings = _settings()
+    if settings.kafka.needs_embedded:
+        raise SystemExit("streamrec segments: set STREAMREC_KAFKA__BOOTSTRAP_SERVERS (the cluster the workers use)")
+    res = segments(settings, clusters=args.clusters, seed=args.seed, publish=not args.dry_run)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['users']} users in {res['segments']} segments (sizes {res['sizes']}, mean cosine to the "
+              f"centre {res['mean_similarity']}); published {res['published']} records to {res['topic']}")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from stream_app.lab.replay import catalogue_messages, click_messages, publish_catalogue, read_log, replay
     from stream_app.worker.topics import ensure_topics
@@ -143,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the stream worker (settings from STREAMREC_* variables)")
     p.add_argument("--model", help="checkpoint path (overrides STREAMREC_MODEL__PATH)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("segments", help="cluster the users' long-term vectors (user-vectors topic) into segments, "
+                       "one record per user on the user-segments topic")
+    p.add_argument("--clusters", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the segments, publish nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_segments)
 
     p = sub.add_parser("replay", help="produce a GRU4Rec TSV click log to the clicks topic, a catalogue to the items topic")
     p.add_argument("tsv", nargs="?", default="")

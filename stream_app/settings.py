@@ -79,6 +79,10 @@ class TopicSettings(BaseModel):
     items_dead_letter: str = "items-dlq"
     users: str = Field("users", description="the compacted profiles topic (key user id); empty = no live profiles")
     users_dead_letter: str = "users-dlq"
+    user_vectors: str = Field("user-vectors", description="the compacted topic of users' long-term vectors (key user "
+                              "id), written at session gaps by session-aware models, read whole by every worker; "
+                              "empty = no similar-users route")
+    segments: str = Field("user-segments", description="the compacted topic streamrec segments writes (key user id)")
     partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
     create_missing: bool = True

@@ -249,14 +249,17 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
             ], unit="percentunit", description="Lists published with fewer than k items: the candidates ran out "
                                                "after recent clicks, unavailable or excluded items and the "
                                                "per-attribute cap (STREAMREC_MODEL__MAX_PER_ATTRIBUTE)."), 8, 8),
-            (timeseries("Profiles: users held, records applied and dead-lettered", [
+            (timeseries("Profiles and user vectors", [
                 target(f"max(streamrec_profiles{{{SEL}}})", "users with a profile"),
                 target(f"sum(rate(streamrec_profile_records_total{{{SEL}}}[{RATE}]))", "applied /s"),
                 target(f"sum by (reason) (rate(streamrec_profile_dead_letters_total{{{SEL}}}[{RATE}]))",
                        "dead letter /s: {{reason}}"),
+                target(f"max(streamrec_user_vectors{{{SEL}}})", "users in the similar-users index"),
+                target(f"sum(rate(streamrec_user_vector_records_total{{{SEL}}}[{RATE}]))", "user vectors applied /s"),
             ], description="The live profiles (users topic), read whole by every worker: a record is counted "
                            "once per worker; a session-aware model trained with profiles uses them from the "
-                           "user's next click."), 8, 8),
+                           "user's next click. The similar-users index holds the user-vectors topic, also "
+                           "read whole."), 8, 8),
         ]),
         ("State", [
             (timeseries("Users in the local tables", [

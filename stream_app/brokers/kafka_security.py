@@ -252,6 +252,7 @@ def worker_acls(settings: Settings, principal: str = f"User:{WORKER}", leave_out
            (ResourceType.TOPIC, t.items_dead_letter, literal, ("WRITE", "DESCRIBE"))] if t.items else []),
         *([(ResourceType.TOPIC, t.users, literal, ("READ", "DESCRIBE")),  # live profiles, read whole
            (ResourceType.TOPIC, t.users_dead_letter, literal, ("WRITE", "DESCRIBE"))] if t.users else []),
+        *([(ResourceType.TOPIC, t.user_vectors, literal, ("READ", "WRITE", "DESCRIBE"))] if t.user_vectors else []),
         (ResourceType.TOPIC, f"{app_id}-", prefixed, ("READ", "WRITE", "DESCRIBE", "CREATE")),
         (ResourceType.GROUP, app_id, literal, ("READ", "DESCRIBE")),
     ]

@@ -19,6 +19,7 @@ import torch
 
 from stream_app.core.catalogue import Applied, Catalogue, ItemRecord
 from stream_app.core.profiles import ProfileRecord, Profiles
+from stream_app.core.similar import UserIndex, VectorRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
 from stream_app.core.shaping import cap_per_group
@@ -90,6 +91,7 @@ class Outcome:
     unknown_item: bool
     replayed: bool
     online_rank: int | None
+    user_vector: np.ndarray | None = None  # the long-term part, when this click changed it (a session gap)
 
 
 def load_prior(blob: bytes | None, model_version: str) -> tuple[UserState | None, str | None]:
@@ -177,6 +179,7 @@ class Recommender:
         # live profiles (stream_app/core/profiles.py), pooled into the query by a network trained with them
         self.profiles = Profiles(profile_vocabulary)
         self.fuses_profiles = getattr(model, "profile", None) is not None and bool(profile_vocabulary)
+        self.user_index = UserIndex()  # every partition's user vectors (stream_app/core/similar.py)
         # exact top-k by batched products unless an ANN index is handed in (stream_app/core/ranking.py)
         self.ranker: Ranker = ranker if ranker is not None else ExactRanker(model.out_emb, model.out_bias)
         self.item_ids = list(item_ids)
@@ -230,6 +233,10 @@ class Recommender:
     def apply_profiles(self, records: Sequence[ProfileRecord]) -> None:
         """Profile records in (between batches, like the catalogue): used from each user's next click."""
         self.profiles.apply(records)
+
+    def apply_vectors(self, records: Sequence[VectorRecord]) -> None:
+        """User-vector records in (between batches): what ``GET /users/{id}/similar`` ranks."""
+        self.user_index.apply(list(records))
 
     def process(self, batch: Sequence[Incoming], now: float) -> list[Outcome]:
         """Apply a micro-batch in order: the recurrent steps wave by wave, then one ranker call for all.
@@ -324,6 +331,8 @@ class Recommender:
                 unknown_item=plan.item is None and not plan.replayed,
                 replayed=plan.replayed,
                 online_rank=online_rank,
+                user_vector=long_term[i] if plan.ended is not None and plan.action is Action.STEP
+                and self.user_width else None,
             ))
         return outcomes
 

@@ -68,7 +68,7 @@ def run_agreement(settings: Settings, checkpoint: str, sequences: str, work: Pat
             "topics": settings.topics.model_copy(update={
                 "clicks": f"{tag}-clicks", "recommendations": f"{tag}-recs", "dead_letter": f"{tag}-dlq",
                 "items": f"{tag}-items", "items_dead_letter": f"{tag}-items-dlq",
-                "users": f"{tag}-users", "users_dead_letter": f"{tag}-users-dlq"}),
+                "users": f"{tag}-users", "users_dead_letter": f"{tag}-users-dlq", "user_vectors": f"{tag}-uv", "segments": f"{tag}-seg"}),
             "model": settings.model.model_copy(update={"path": Path(checkpoint), "recent_items": EXCLUDED, "k": 20,
                                                        "exclude_clicked": True}),
             "worker": settings.worker.model_copy(update={"data_dir": data_dir, "web_port": free_port(),

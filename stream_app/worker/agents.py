@@ -26,6 +26,7 @@ from stream_app.core.records import (
     DEAD_LETTER_SOURCE_HEADER,
     Source,
 )
+from stream_app.core.similar import encode_vector
 from stream_app.settings import Settings
 from stream_app.core.state import StateDecodeError, decode
 from stream_app.core.validate import decode_click
@@ -119,7 +120,7 @@ class Shell:
         if not valid:
             return delivered
         outcomes = await self._process_safely(valid, now, delivered)
-        topic, table = self.s.topics.recommendations, self.w.table
+        topic, table, vectors = self.s.topics.recommendations, self.w.table, self.s.topics.user_vectors
         lists: list[tuple[Record, tuple[str, int]]] = []
         for (event, inc), out in zip(valid, outcomes):
             if out is None:
@@ -129,6 +130,8 @@ class Shell:
                 table.write(msg.partition, event.key, out.state_blob)
                 self.m.state_bytes.observe(len(out.state_blob))
             lists.append((Record(topic, None, event.key, out.recommendation.to_json()), (msg.topic, msg.partition)))
+            if out.user_vector is not None and vectors:  # a session gap moved the long-term part: share it
+                lists.append((Record(vectors, None, event.key, encode_vector(out.user_vector)), (msg.topic, msg.partition)))
             self._count(out, inc, msg.time_in)
         # one producer batch per partition (stream_app/worker/produce.py), lists then changelog records
         delivered.extend(await self.w.sender.send(lists))
@@ -434,6 +437,21 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     async def readyz(web: Any, request: Any) -> Any:
         ok = shell.ready()
         return web.json({"ready": ok, "model_version": recommender.model_version}, status=200 if ok else 503)
+
+    @app.page("/users/{user_id}/similar")
+    @requires_token(w.api_token.get_secret_value())  # user data: behind the token when one is set
+    async def similar_users(web: Any, request: Any, user_id: str) -> Any:
+        try:
+            k = int(request.query.get("k", "10"))
+        except ValueError:
+            k = 0
+        if not 1 <= k <= 1000:
+            return web.json({"error": "k must be an integer from 1 to 1000"}, status=400)
+        found = recommender.user_index.similar(user_id, k)  # every partition's users: the topic is read whole
+        if found is None:
+            return web.json({"error": "no vector for this user (a session-aware model writes one at the user's "
+                                      "first session gap)", "user_id": user_id}, status=404)
+        return web.json({"user_id": user_id, "users": [{"user_id": u, "score": round(v, 6)} for u, v in found]})
 
     @app.page("/users/{user_id}/recommendations")
     @requires_token(w.api_token.get_secret_value())  # user data: behind the token when one is set

@@ -32,6 +32,7 @@ from typing import Any
 
 from stream_app.core.catalogue import REASONS, ItemRecord, decode_item
 from stream_app.core.profiles import decode_profile
+from stream_app.core.similar import decode_vector
 from stream_app.core.recommender import Recommender
 from stream_app.core.records import (
     DEAD_LETTER_DETAIL_HEADER,
@@ -210,12 +211,37 @@ class ProfileReader(CatalogueReader):
         self.m.profiles.set(len(self.rec.profiles.codes))
 
 
+class VectorReader(ProfileReader):
+    """The ``user-vectors`` topic (written by the workers themselves) into the similar-users index; a
+    record that does not decode is a bug, dead-lettered to ``users_dead_letter`` all the same."""
+
+    what = "user vectors"
+
+    def setup(self) -> None:
+        super().setup()
+        self.topic = self.s.topics.user_vectors
+        self.records_metric = self.m.user_vector_records
+
+    def decode(self, r: Any) -> Any:
+        return decode_vector(r.key, r.value, max_bytes=self.s.worker.max_event_bytes)
+
+    def apply(self, records: list[Any]) -> Any:
+        return self.rec.apply_vectors(records)
+
+    def applied_log(self) -> str:
+        return f"{len(self.rec.user_index)} user vectors"
+
+    def update_gauge(self) -> None:
+        self.m.user_vectors.set(len(self.rec.user_index))
+
+
 def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
                      settings: Settings) -> tuple[CatalogueReader, ProfileReader]:
     """The readers as tasks of the app (every worker runs them), ``GET /catalogue`` (counts by state)
     and ``GET /profiles``."""
     reader = CatalogueReader(recommender, metrics, settings)
     profiles = ProfileReader(recommender, metrics, settings)
+    vectors = VectorReader(recommender, metrics, settings)
 
     @app.task
     async def read_catalogue() -> None:
@@ -224,6 +250,10 @@ def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
     @app.task
     async def read_profiles() -> None:
         await profiles.run()
+
+    @app.task
+    async def read_vectors() -> None:
+        await vectors.run()
 
     @app.page("/profiles")
     async def profiles_page(web: Any, request: Any) -> Any:
@@ -237,5 +267,5 @@ def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
         return web.json({"topic": reader.topic, "caught_up": reader.caught_up.is_set(),
                          "records_applied": reader.applied, "items": recommender.catalogue.counts()})
 
-    del read_catalogue, catalogue_page, read_profiles, profiles_page
+    del read_catalogue, catalogue_page, read_profiles, profiles_page, read_vectors
     return reader, profiles

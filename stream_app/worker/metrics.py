@@ -46,6 +46,8 @@ class Metrics:
     profile_records: Counter
     profiles: Gauge
     profile_dead_letters: Counter
+    user_vector_records: Counter
+    user_vectors: Gauge
     short_lists: Counter
 
     @classmethod
@@ -106,6 +108,10 @@ class Metrics:
             profile_dead_letters=Counter("streamrec_profile_dead_letters",
                                          "Profile records sent to the profiles' dead-letter topic", ["reason"],
                                          registry=r),
+            user_vector_records=Counter("streamrec_user_vector_records", "User-vector records applied from the "
+                                        "user-vectors topic (the similar-users index)", registry=r),
+            user_vectors=Gauge("streamrec_user_vectors", "Users in the similar-users index (every worker holds all)",
+                               registry=r),
             short_lists=Counter("streamrec_short_lists", "Lists published with fewer than k items: the candidates "
                                 "ran out after exclusions, unavailable items and caps", registry=r),
         )

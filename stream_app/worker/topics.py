@@ -43,6 +43,7 @@ def wanted_topics(settings: Settings) -> dict[str, dict[str, str]]:
             t.items_dead_letter: {"cleanup.policy": "compact"}} if t.items else {}),
         **({t.users: {"cleanup.policy": "compact"},  # read whole by every worker, as the catalogue
             t.users_dead_letter: {"cleanup.policy": "compact"}} if t.users else {}),
+        **({t.user_vectors: {"cleanup.policy": "compact"}} if t.user_vectors else {}),
     }
 
 
@@ -76,6 +77,24 @@ def partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
         if desc.get("error_code", 0) == 0 and desc.get("partitions"):
             out[desc.get("name") or desc.get("topic")] = len(desc["partitions"])
     return out
+
+
+def ensure_topic(settings: Settings, name: str, configs: dict[str, str]) -> None:
+    """Create one topic if it is missing (a job's own output topic, not the worker's)."""
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    admin = admin_client(settings)
+    try:
+        if name not in set(admin.list_topics()):
+            admin.create_topics([NewTopic(name, settings.topics.partitions, settings.topics.replication_factor,
+                                          topic_configs=configs)], timeout_ms=15000)
+    except TopicAlreadyExistsError:
+        pass
+    except KafkaError as exc:
+        raise TopicError(f"cannot create topic {name!r}: {exc}") from exc
+    finally:
+        admin.close()
 
 
 def ensure_topics(settings: Settings) -> dict[str, int]:

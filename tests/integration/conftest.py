@@ -67,7 +67,7 @@ def settings(base_settings: Settings, small_checkpoint: Path, tmp_path: Path) ->
         "topics": base.topics.model_copy(update={
             "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}",
             "items": f"items-{tag}", "items_dead_letter": f"items-dlq-{tag}", "partitions": 4,
-            "users": f"users-{tag}", "users_dead_letter": f"users-dlq-{tag}",
+            "users": f"users-{tag}", "users_dead_letter": f"users-dlq-{tag}", "user_vectors": f"uv-{tag}", "segments": f"seg-{tag}",
         }),
         "model": base.model.model_copy(update={"path": small_checkpoint}),
         "worker": base.worker.model_copy(update={"app_id": f"streamrec-{tag}", "data_dir": tmp_path / "data",

@@ -107,7 +107,8 @@ def _prepare(secured: SimpleNamespace, checkpoint: Path, tmp_path: Path, without
         "topics": base.topics.model_copy(update={
             "clicks": f"clicks-{tag}", "recommendations": f"recs-{tag}", "dead_letter": f"dlq-{tag}", "partitions": 2,
             "items": f"items-{tag}", "items_dead_letter": f"items-dlq-{tag}",
-            "users": f"users-{tag}", "users_dead_letter": f"users-dlq-{tag}",
+            "users": f"users-{tag}", "users_dead_letter": f"users-dlq-{tag}", "user_vectors": f"uv-{tag}",
+            "segments": f"seg-{tag}",
         }),
         "model": base.model.model_copy(update={"path": checkpoint}),
         "worker": base.worker.model_copy(update={"app_id": f"streamrec-{tag}", "data_dir": tmp_path / "data",

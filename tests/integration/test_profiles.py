@@ -84,3 +84,55 @@ def test_live_profiles(settings: Settings, profile_checkpoint: Path) -> None:
     assert sorted(dead_letter_reasons(dlq)) == ["bad_type", "key_mismatch", "not_json"]
     assert 'streamrec_profile_dead_letters_total{reason="not_json"} 1.0' in metrics
     assert "streamrec_profiles 0.0" in metrics and "streamrec_profile_records_total 2.0" in metrics
+
+
+def test_similar_users_from_every_partition(settings: Settings, profile_checkpoint: Path) -> None:
+    """Each user's vector, shared at its session gap, is ranked by /users/{id}/similar, with one written by
+    'another worker' (published straight to the topic) among them."""
+    import json
+    import time
+
+    import numpy as np
+
+    from stream_app.core.similar import encode_vector
+    from stream_app.lab.harness import http_get
+
+    s = settings.model_copy(update={"model": settings.model.model_copy(update={"path": profile_checkpoint})})
+    clicks = [(u, item, ts) for u, first in (("u0", "i1"), ("u1", "i5"), ("u2", "i9"))
+              for item, ts in ((first, 100.0), ("i3", 10_000.0))]  # a session gap before each second click
+    rec, _ = load_recommender(s)
+    blobs: dict[str, bytes | None] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for n, (user, item, ts) in enumerate(clicks):
+        out = rec.process([Incoming(Click(user, item, ts), Source("x", 0, n, 0.0), blobs.get(user))], 0.0)[0]
+        blobs[user] = out.state_blob
+        if out.user_vector is not None:
+            vectors[user] = out.user_vector
+    assert set(vectors) == {"u0", "u1", "u2"}
+    unit = {u: v / np.linalg.norm(v) for u, v in vectors.items()}
+    with WorkerProcess(s) as worker:
+        worker.wait_ready()
+        send_all(s, [(u.encode(), Click(u, i, ts).to_json()) for u, i, ts in clicks])
+        assert publish_catalogue(s, [(b"far-away", encode_vector(vectors["u0"]))], topic=s.topics.user_vectors) == 1
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = http_get(worker.base_url + "/users/u0/similar?k=3")
+            got = json.loads(body) if status == 200 else {}
+            if len(got.get("users", [])) == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert [u["user_id"] for u in got["users"]][0] == "far-away", got
+        scores = {u["user_id"]: u["score"] for u in got["users"]}
+        assert scores["far-away"] == pytest.approx(1.0, abs=1e-5)
+        for other in ("u1", "u2"):
+            assert scores[other] == pytest.approx(float(unit["u0"] @ unit[other]), abs=1e-4)
+        assert http_get(worker.base_url + "/users/nobody/similar")[0] == 404
+        assert http_get(worker.base_url + "/users/u0/similar?k=0")[0] == 400
+
+    # streamrec segments: the same vectors clustered, one record per user on the segments topic
+    from stream_app.lab.segments import segments
+
+    summary = segments(s, clusters=2, seed=0)
+    assert summary["users"] == 4 and sum(summary["sizes"]) == 4 and summary["published"] == 4
+    got = {r.key: json.loads(r.value) for r in TopicReader(s, s.topics.segments).read_until(4, 30)}
+    assert set(got) == {b"u0", b"u1", b"u2", b"far-away"} and got[b"u0"]["segment"] == got[b"far-away"]["segment"]

@@ -48,6 +48,8 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_profile_records_total": _m("counter"),
     "streamrec_profiles": _m("gauge"),
     "streamrec_profile_dead_letters_total": _m("counter", "reason"),
+    "streamrec_user_vector_records_total": _m("counter"),
+    "streamrec_user_vectors": _m("gauge"),
     "streamrec_short_lists_total": _m("counter"),
 }
 

@@ -73,6 +73,7 @@ def test_training_on_whole_users_and_the_worker_agree_with_the_offline_recurrenc
         s2, _ = net.advance(net.session_start(u1), net.input_vectors(torch.tensor([3])))
         expected = net.score(s2, net.user_vector(u1, None))[0]
     np.testing.assert_allclose(state.user, u1[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.user_vector, u1[0].numpy(), atol=1e-6)  # shared at the gap (user-vectors topic)
     np.testing.assert_allclose(state.hidden, s2[0].numpy(), atol=1e-6)
     np.testing.assert_allclose(out.recommendation.scores, torch.sort(expected, descending=True).values.numpy(), atol=1e-5)
     offline = network_method(net)(Case([np.array([0, 1, 2])], np.array([3, 4]), np.zeros(0, dtype=np.int64)))
@@ -99,6 +100,9 @@ def test_streamrec_longterm_prints_every_method_as_json(tmp_path: Path, capsys) 
     res = json.loads(capsys.readouterr().out)
     for name in ("session_aware", "session_aware_no_profile", "session_only", "sknn_user_history", "sknn", "popularity"):
         assert 0.0 <= res[name]["recall@20"] <= 1.0
+    vectors = res["user_vectors"]
+    assert 0.0 <= vectors["probe_auc_g"]["user_vectors"] <= 1.0
+    assert set(vectors["neighbour_precision@10"]) == {"user_vectors", "item_overlap_knn", "random_users"}
     from models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(ckpt)

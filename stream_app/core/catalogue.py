@@ -66,11 +66,8 @@ def decode_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> It
     return ItemRecord(item_id, names, available, False)
 
 
-def decode_keyed_attributes(key: bytes | None, value: bytes | None, *, max_bytes: int,
-                            id_field: str) -> tuple[str, tuple[str, ...], dict[str, Any] | None]:
-    """The rules items and users records share: a UTF-8 id as key, a JSON object with an optional
-    ``attributes`` list (strings or integers) or null (a tombstone: body None). Raises InvalidRecord."""
-    what = id_field.split("_")[0]
+def decode_key(key: bytes | None, what: str) -> str:
+    """A record key that is an id: present, UTF-8, at most MAX_ID_CHARS characters (else InvalidRecord)."""
     if key is None or not key:
         raise InvalidRecord("missing_key", f"these records are keyed by {what} id")
     try:
@@ -79,6 +76,15 @@ def decode_keyed_attributes(key: bytes | None, value: bytes | None, *, max_bytes
         raise InvalidRecord("not_utf8", "the key is not UTF-8") from None
     if len(key_id) > MAX_ID_CHARS:
         raise InvalidRecord("bad_value", f"{what} id must have 1 to {MAX_ID_CHARS} characters, got {len(key_id)}")
+    return key_id
+
+
+def decode_keyed_attributes(key: bytes | None, value: bytes | None, *, max_bytes: int,
+                            id_field: str) -> tuple[str, tuple[str, ...], dict[str, Any] | None]:
+    """The rules items and users records share: a UTF-8 id as key, a JSON object with an optional
+    ``attributes`` list (strings or integers) or null (a tombstone: body None). Raises InvalidRecord."""
+    what = id_field.split("_")[0]
+    key_id = decode_key(key, what)
     if value is None:
         return key_id, (), None
     if len(value) > max_bytes:

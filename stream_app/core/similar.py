@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_app.core.validate import MAX_ID_CHARS
+from stream_app.core.catalogue import decode_key
 from stream_app.errors import InvalidRecord
 
 MAX_VECTOR_FLOATS = 4096
@@ -36,14 +36,7 @@ def encode_vector(vector: np.ndarray) -> bytes:
 
 def decode_vector(key: bytes | None, value: bytes | None, *, max_bytes: int) -> VectorRecord:
     """Validate one ``user-vectors`` record; raises InvalidRecord when it is unusable."""
-    if not key:
-        raise InvalidRecord("missing_key", "user vectors are keyed by user id")
-    try:
-        user_id = bytes(key).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRecord("not_utf8", "the key is not UTF-8") from None
-    if len(user_id) > MAX_ID_CHARS:
-        raise InvalidRecord("bad_value", f"user id must have 1 to {MAX_ID_CHARS} characters")
+    user_id = decode_key(key, "user")
     if value is None:
         return VectorRecord(user_id, None)
     if len(value) > min(max_bytes, 4 * MAX_VECTOR_FLOATS) or len(value) % 4 or not value:

@@ -50,6 +50,22 @@ def spec(version: str) -> dict[str, Any]:
                     "302": {"description": "the user belongs to another worker: follow Location"},
                 },
             }},
+            "/profiles": {"get": {"summary": "the live profiles: records applied from the users topic, users held, "
+                                             "attributes the model does not know (docs/input.md#profiles)",
+                                  "responses": {"200": {"description": "topic, caught_up, records_applied, users, "
+                                                                       "unknown_attributes, used_by_the_model"}}}},
+            "/users/{user_id}/similar": {"get": {
+                "summary": "the users whose long-term vectors are closest (cosine) to this user's, from every "
+                           "partition (session-aware models; docs/quality.md#long-term-users)",
+                "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                               {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                       "maximum": 1000, "default": 10}}],
+                "responses": {
+                    "200": {"description": "user_id and users: [{user_id, score}], best first"},
+                    "400": {"description": "k is not an integer from 1 to 1000"},
+                    "404": {"description": "no vector for this user yet (written at the user's first session gap)"},
+                },
+            }},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI"}}}},
         },
     }

@@ -331,17 +331,26 @@ class Recommender:
                 unknown_item=plan.item is None and not plan.replayed,
                 replayed=plan.replayed,
                 online_rank=online_rank,
-                user_vector=long_term[i] if plan.ended is not None and plan.action is Action.STEP
-                and self.user_width else None,
+                user_vector=long_term[i] if plan.ended is not None and self.user_width else None,
             ))
         return outcomes
 
     def _step(self, plans: Sequence[Plan]) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
         """The session and user parts each click leaves: one batched step for STEP rows, the start state
-        for the others. A STEP row that opens a session starts from ``session_start`` of the user part,
-        after folding the finished session in (the user-level GRU) when the gap ended one."""
+        for the others. Where the gap ended a session, the user-level GRU folds it into the user part,
+        whatever the click (an unknown first item of the new session does not lose the old one); a STEP
+        row that opens a session starts from ``session_start`` of the user part."""
         hidden: list[np.ndarray | None] = [None] * len(plans)
         users: list[np.ndarray | None] = [p.start.user if p.start is not None else None for p in plans]
+        fold = [r for r, p in enumerate(plans) if p.ended is not None] if self.user_width else []
+        if fold:
+            with torch.inference_mode():
+                zero_u = np.zeros(self.user_width, dtype=np.float32)
+                u = torch.from_numpy(np.stack([users[r] if users[r] is not None else zero_u for r in fold]))  # (F, U)
+                ended = torch.from_numpy(np.stack([plans[r].ended for r in fold]))  # type: ignore[misc]  # (F, S)
+                folded = self.model.user_step(u, ended).numpy()  # type: ignore[attr-defined]  # (F, U)
+            for j, r in enumerate(fold):
+                users[r] = folded[j].copy()
         step_rows = [r for r, p in enumerate(plans) if p.action is Action.STEP]
         for r, p in enumerate(plans):
             if p.action is Action.SCORE:
@@ -364,20 +373,15 @@ class Recommender:
     def _open_sessions(self, plans: Sequence[Plan], users: Sequence[np.ndarray | None],
                        ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
         """Per STEP row (in order): the state a new session starts from (None where the row continues a
-        session) and the user part after the click; the gap's finished sessions are folded in one batch."""
+        session) and the user part (already folded at a gap, ``_step``)."""
         zero_u = np.zeros(self.user_width, dtype=np.float32)
         opened: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, u) for u in users]
         new = [j for j, p in enumerate(plans) if p.start is None or p.start.hidden is None]
         if new:
             u = torch.from_numpy(np.stack([users[j] if users[j] is not None else zero_u for j in new]))  # (B, U)
-            fold = [n for n, j in enumerate(new) if plans[j].ended is not None]
-            if fold:
-                ended = torch.from_numpy(np.stack([plans[new[n]].ended for n in fold]))  # (F, S)
-                u[fold] = self.model.user_step(u[fold], ended)  # type: ignore[attr-defined]
             h0 = self.model.session_start(u).numpy()  # type: ignore[attr-defined]  # (B, S)
             for n, j in enumerate(new):
-                has_user = users[j] is not None or plans[j].ended is not None
-                opened[j] = (h0[n].copy(), u[n].numpy().copy() if has_user else None)
+                opened[j] = (h0[n].copy(), users[j])
         return opened
 
     def _inputs(self, items: torch.Tensor) -> torch.Tensor:

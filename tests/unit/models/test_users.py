@@ -79,6 +79,16 @@ def test_training_on_whole_users_and_the_worker_agree_with_the_offline_recurrenc
     offline = network_method(net)(Case([np.array([0, 1, 2])], np.array([3, 4]), np.zeros(0, dtype=np.int64)))
     np.testing.assert_allclose(offline[0].numpy(), expected.numpy(), atol=1e-5)
 
+    # an unknown first click of a new session does not lose the finished one: it is folded in at the gap
+    first = rec.process([Incoming(Click("w", "i0", 0.0), Source("clicks", 0, 10, 0.0), None)], now=0.0)[0]
+    gap = rec.process([Incoming(Click("w", "nope", 500.0), Source("clicks", 0, 11, 500.0), first.state_blob)],
+                      now=500.0)[0]
+    with torch.inference_mode():
+        s1, _ = net.advance(net.session_start(net.zero_user(1)), net.input_vectors(torch.tensor([0])))
+        u_w = net.user_step(net.zero_user(1), s1)
+    np.testing.assert_allclose(decode(gap.state_blob).user, u_w[0].numpy(), atol=1e-6)
+    assert gap.unknown_item and decode(gap.state_blob).hidden is None and gap.user_vector is not None
+
 
 def test_the_target_is_never_excluded_even_when_seen_before() -> None:
     case = Case([np.array([2])], np.array([1, 2]), np.zeros(0, dtype=np.int64))

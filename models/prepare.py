@@ -111,6 +111,18 @@ def read_raw(path: str | os.PathLike[str], cols: Columns, fmt: str | None = None
     }
 
 
+def gap_cuts(key: np.ndarray, time: np.ndarray, gap: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The order by (key, time) (stable) and, in that order, where a session starts (C,) bool: where
+    the key changes or, with ``gap``, the time since the key's previous click exceeds it."""
+    order = np.lexsort((time, key))  # by key, then time (stable)
+    k, t = key[order], time[order]
+    new = np.ones(len(k), dtype=bool)
+    new[1:] = k[1:] != k[:-1]
+    if gap is not None:
+        new[1:] |= np.diff(t) > gap
+    return order, new
+
+
 def sessionize(key: np.ndarray, item: np.ndarray, time: np.ndarray, gap: float | None) -> ClickLog:
     """Sort by (key, time) and cut a new session wherever the key changes or the gap exceeds ``gap`` seconds.
 
@@ -119,12 +131,8 @@ def sessionize(key: np.ndarray, item: np.ndarray, time: np.ndarray, gap: float |
     """
     if len(item) == 0:
         raise DataError("no clicks to sessionize")
-    order = np.lexsort((time, key))  # by key, then time (stable)
-    k, it, t = key[order], item[order], time[order]
-    new = np.ones(len(k), dtype=bool)
-    new[1:] = k[1:] != k[:-1]
-    if gap is not None:
-        new[1:] |= np.diff(t) > gap
+    order, new = gap_cuts(key, time, gap)
+    it, t = item[order], time[order]
     sid = np.cumsum(new) - 1  # (C,)
     # renumber sessions by start time so ids follow time
     starts = np.flatnonzero(new)

@@ -18,7 +18,6 @@ own earlier items are excluded (a MovieLens user rates a movie once).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from models.data import DataError, Sessions, UserLanes
 from models.evaluate import metrics_from_ranks, ranks_of
+from models.prepare import Columns, gap_cuts, read_raw
 
 KS_USERS: tuple[int, ...] = (5, 10, 20)
 
@@ -54,37 +54,18 @@ class Case:
 
 
 def read_user_clicks(path: str | os.PathLike[str], gap: float) -> list[UserHistory]:
-    """A TSV with header UserId, ItemId, Time (seconds) -> each user's sessions, cut at ``gap`` seconds."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    clicks: dict[str, list[tuple[float, str]]] = {}
-    with open(p, newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        header = [c.strip() for c in next(reader, [])]
-        missing = [c for c in ("UserId", "ItemId", "Time") if c not in header]
-        if missing:
-            raise DataError(f"{p}: missing column(s) {missing}; header is {header}")
-        ui, ii, ti = (header.index(c) for c in ("UserId", "ItemId", "Time"))
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                clicks.setdefault(row[ui], []).append((float(row[ti]), row[ii]))
-            except (IndexError, ValueError):
-                raise DataError(f"{p}:{lineno}: expected UserId, ItemId and a numeric Time, got {row}") from None
-    if not clicks:
-        raise DataError(f"{p}: no clicks (header only)")
-    out: list[UserHistory] = []
-    for user, rows in clicks.items():
-        rows.sort(key=lambda r: r[0])
-        sessions: list[list[str]] = [[rows[0][1]]]
-        for (t_prev, _), (t, item) in zip(rows, rows[1:]):
-            if t - t_prev > gap:
-                sessions.append([])
-            sessions[-1].append(item)
-        out.append(UserHistory(user, sessions))
-    return out
+    """A log with columns UserId, ItemId, Time (``streamrec prepare``'s reader: TSV here, times in seconds
+    or ISO-8601) -> each user's sessions, cut at ``gap`` seconds; users in order of first appearance."""
+    raw = read_raw(path, Columns(user="UserId", item="ItemId", time="Time"), fmt="tsv")
+    order, new = gap_cuts(raw["key"], raw["time"], gap)
+    keys, items = raw["key"][order].tolist(), raw["item"][order].tolist()
+    by_user: dict[str, list[list[str]]] = {}
+    for n, (user, item) in enumerate(zip(keys, items)):
+        if new[n]:
+            by_user.setdefault(user, []).append([])
+        by_user[user][-1].append(item)
+    ids, first = np.unique(raw["key"], return_index=True)
+    return [UserHistory(str(u), by_user[str(u)]) for u in ids[np.argsort(first, kind="stable")]]
 
 
 def drop_rare_items(users: list[UserHistory], min_support: int) -> list[UserHistory]:

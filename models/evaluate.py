@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models.beyond import ListFigures
 from models.data import Sessions
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
+
+# (scores (b, N), history (b, t) item indices so far) -> lists (b, k), best first, -1 past a short list
+Shaper = Callable[[Tensor, Tensor], Tensor]
 
 
 class Scorer(Protocol):
@@ -71,12 +75,19 @@ def evaluate_scorer(
     ks: tuple[int, ...] = KS,
     batch_size: int = 256,
     top_n: int = 20,
+    shape: Shaper | None = None,
+    attributes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a scorer on coded sessions; conservative metrics at top level, standard under "standard".
 
     ``counts`` (training clicks per item) enables the popularity-bias figure of
-    the top-``top_n`` lists (mean of count/max count over recommended items);
-    coverage is the share of items that appear in at least one top list.
+    the top-``top_n`` lists (mean of count/max count over recommended items) and
+    the beyond-accuracy figures under "lists" (models/beyond.py; intra-list
+    diversity needs the scorer's ``out_emb``, miscalibration ``attributes`` as
+    (flat, offsets)); coverage is the share of items that appear in at least one
+    top list. ``shape`` turns each step's scores into the lists a re-ranking
+    pipeline would serve (stream_app/core/rerank.py): "lists" then holds those
+    lists' hit rate, MRR and NDCG at ``top_n`` beside their figures.
     """
     t0 = time.perf_counter()
     lengths = sessions.lengths
@@ -90,6 +101,12 @@ def evaluate_scorer(
         pop_norm = torch.as_tensor(counts / counts.max(), dtype=torch.float64)  # (N,)
     pop_sum = 0.0
     k_top = min(top_n, n_items)
+    unit = None
+    emb = getattr(scorer, "out_emb", None)
+    if isinstance(emb, Tensor) and emb.shape[0] == n_items:
+        unit = torch.nn.functional.normalize(emb.detach().float(), dim=1)  # (N, H)
+    figures = ListFigures(counts, unit, attributes, top_n) if counts is not None and len(counts) == n_items else None
+    list_ranks: list[np.ndarray] = []
     with torch.inference_mode():
         for b0 in range(0, len(sel), batch_size):
             chunk = sel[b0:b0 + batch_size]
@@ -111,6 +128,12 @@ def evaluate_scorer(
                 covered[top.reshape(-1)] = True
                 if pop_norm is not None:
                     pop_sum += float(pop_norm[top].mean(dim=1).sum())
+                history = x[: t + 1, :nb].t()  # (nb, t + 1) the session so far
+                lists = shape(scores, history) if shape is not None else top  # (nb, k)
+                if figures is not None:
+                    figures.add(lists, list(history.numpy()))
+                if shape is not None:
+                    list_ranks.append(_list_ranks(lists, x[t + 1, :nb]))
     std_r = torch.cat(std_all).numpy().astype(np.int64) if std_all else np.zeros(0, dtype=np.int64)
     cons_r = torch.cat(cons_all).numpy().astype(np.int64) if cons_all else np.zeros(0, dtype=np.int64)
     n_pred = int(len(cons_r))
@@ -120,8 +143,22 @@ def evaluate_scorer(
         res[f"popularity@{top_n}"] = pop_sum / max(n_pred, 1)
     res["predictions"] = n_pred
     res["standard"] = metrics_from_ranks(std_r, ks)
+    if figures is not None:
+        res["lists"] = figures.result()
+        if shape is not None:
+            ranks = np.concatenate(list_ranks) if list_ranks else np.zeros(0, dtype=np.int64)
+            got = metrics_from_ranks(ranks, (top_n,))
+            res["lists"].update({f"hr@{top_n}": got[f"recall@{top_n}"], f"mrr@{top_n}": got[f"mrr@{top_n}"],
+                                 f"ndcg@{top_n}": got[f"ndcg@{top_n}"]})
     res["eval_seconds"] = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _list_ranks(lists: Tensor, targets: Tensor) -> np.ndarray:
+    """1-based position of each target (b,) in its list (b, k); k + 1 past the end (a miss at every cut-off)."""
+    hit = lists == targets.unsqueeze(1)  # (b, k)
+    pos = torch.where(hit.any(dim=1), hit.to(torch.int8).argmax(dim=1) + 1, torch.full_like(targets, lists.shape[1] + 1))
+    return pos.numpy().astype(np.int64)
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -143,12 +180,14 @@ def evaluate_checkpoint(
     baselines: bool = False,
     train_path: str | None = None,
     batch_size: int = 256,
+    shaper: Callable[[Any], Shaper] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a GRU4Rec TSV; optional popularity / Markov floors.
 
     The Markov chain needs the training clicks: ``train_path`` or the path
     recorded in the checkpoint's meta; it is skipped (with a note) if neither
-    can be read.
+    can be read. ``shaper`` builds, from the loaded checkpoint, the list-shaping
+    pipeline the network's lists are evaluated through (``evaluate_scorer``'s ``shape``).
     """
     from models.baselines import MarkovScorer, PopularityScorer
     from models.checkpoint import load_checkpoint
@@ -159,7 +198,10 @@ def evaluate_checkpoint(
     sessions, skipped = encode(test_log, ckpt.item_index)
     n = len(ckpt.item_ids)
     counts = ckpt.item_counts.numpy()
-    res = evaluate_scorer(ckpt.model, sessions, n, counts, batch_size=batch_size)
+    pools = ckpt.network.attr_out
+    attributes = (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None
+    res = evaluate_scorer(ckpt.model, sessions, n, counts, batch_size=batch_size,
+                          shape=shaper(ckpt) if shaper is not None else None, attributes=attributes)
     res["skipped_unknown"] = skipped
     res["model_version"] = ckpt.version
     res["checkpoint"] = str(ckpt_path)

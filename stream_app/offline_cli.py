@@ -144,6 +144,23 @@ def _fmt_sequences(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shaper(args: argparse.Namespace) -> Any:
+    """--rerank as a factory of the offline list pipeline (stream_app/core/rerank.py), or None."""
+    if not args.rerank:
+        return None
+    from stream_app.core.rerank import ItemFacts, parse_strengths, shaper
+
+    strengths = parse_strengths(args.rerank)
+
+    def build(ckpt: Any) -> Any:
+        pools = ckpt.network.attr_out
+        facts = ItemFacts.build(ckpt.model.out_emb, ckpt.item_counts.numpy(),
+                                (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None)
+        return shaper(facts, strengths, 20, args.candidates)
+
+    return build
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """streamrec evaluate CKPT TEST_TSV [--json] [--baselines] [--report DIR], or CKPT --sequences NAME.txt."""
     from models.evaluate import evaluate_checkpoint
@@ -160,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(seq) if args.json else _fmt_sequences(seq))
         return 0
     res = evaluate_checkpoint(args.checkpoint, args.test, baselines=args.baselines or bool(args.report),
-                              train_path=args.train, batch_size=args.batch_size)
+                              train_path=args.train, batch_size=args.batch_size, shaper=_shaper(args))
     if args.report:
         from models.report import write_report
 
@@ -325,6 +342,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", metavar="TSV", help="training data for the Markov baseline (default: from the checkpoint)")
     p.add_argument("--report", metavar="DIR", help="also write the HTML report to DIR")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rerank", metavar="SPEC", default="",
+                   help="serve the lists through the re-rankers, e.g. mmr=0.2,long_tail=0.1 (also calibration=); "
+                        "\"lists\" in the output then has their HR/MRR/NDCG@20 beside the beyond-accuracy figures")
+    p.add_argument("--candidates", type=int, default=200, help="with --rerank: candidates re-ranked per list")
     p.set_defaults(func=_guard(cmd_evaluate))
 
     p = subparsers.add_parser("report", parents=[thr], help="HTML report with plots")

@@ -35,6 +35,13 @@ def test_train_evaluate_report(tmp_path: Path, cyclic_tsv: Path, cyclic_test_tsv
     res = json.loads(capsys.readouterr().out)
     assert {"recall@20", "mrr@20", "ndcg@20", "standard", "baselines"} <= set(res)
     assert set(res["baselines"]) == {"popularity", "markov"}
+    assert {"coverage@20", "gini@20", "tail_share@20", "novelty@20", "ild@20"} <= set(res["lists"])
+    assert run(["evaluate", str(ckpt), str(cyclic_test_tsv), "--json", "--rerank", "mmr=0.2,long_tail=0.3",
+                "--candidates", "10"]) == 0
+    shaped = json.loads(capsys.readouterr().out)["lists"]
+    assert 0.0 <= shaped["hr@20"] <= 1.0 and shaped["coverage@20"] > 0
+    assert run(["evaluate", str(ckpt), str(cyclic_test_tsv), "--rerank", "spice=1"]) == 2
+    assert "--rerank" in capsys.readouterr().err
     assert run(["report", str(ckpt), str(cyclic_test_tsv), "--out", str(tmp_path / "rep")]) == 0
     for f in ("index.html", "recall_at_k.png", "mrr_at_k.png", "loss.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 0

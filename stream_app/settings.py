@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -101,6 +101,13 @@ class ModelSettings(BaseModel):
                                    "per list, refilled from the next candidates; 0 = no cap")
     capped_attributes: str = Field("", description="prefix of the attribute ids that are capped (e.g. genre:); "
                                    "empty = every attribute")
+    rerank_mmr: float = Field(0.0, ge=0, lt=1, description="MMR re-ranking strength (redundancy penalty over the "
+                              "output item embeddings); 0 = off")
+    rerank_calibration: float = Field(0.0, ge=0, lt=1, description="calibration of the list's attribute mix to the "
+                                      "user's recent clicks (Steck 2018); 0 = off; needs item attributes")
+    rerank_long_tail: float = Field(0.0, ge=0, lt=1, description="long-tail exposure (smooth xQuAD over head and "
+                                    "tail, Abdollahpouri et al. 2019); 0 = off")
+    candidates: int = Field(200, ge=1, le=10000, description="candidates re-ranked per list when a re-ranker is on")
     new_item_scale: float = Field(NEW_ITEM_SCALE, gt=0, le=1, description="items added through the catalogue: "
                                   "their attribute vector's scale on the output side (docs/input.md#catalogue)")
     # exact: one batched product over all items (default); ann: faiss IVF index
@@ -109,6 +116,13 @@ class ModelSettings(BaseModel):
     ann_lists: int = Field(0, ge=0, description="IVF cells; 0 = about 4 sqrt(items)")
     ann_probes: int = Field(32, ge=1, description="cells scanned per query")
     ann_cache_dir: str = Field("", description="where built indexes are kept (by model version); empty = build at start")
+
+    @model_validator(mode="after")
+    def _strengths_below_one(self) -> "ModelSettings":
+        if self.rerank_mmr + self.rerank_calibration + self.rerank_long_tail >= 1.0:
+            raise ValueError("STREAMREC_MODEL__RERANK_MMR, __RERANK_CALIBRATION and __RERANK_LONG_TAIL must sum below 1 "
+                             "(the rest is the weight of the network's score)")
+        return self
 
 
 class SessionSettings(BaseModel):

@@ -185,6 +185,12 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
             ], description="Events per micro-batch: near 1 when idle, up to WORKER__BATCH_MAX under load."), 12, 8),
             (timeseries("Processing time per micro-batch", quantiles("streamrec_processing_seconds"),
                         unit="s"), 12, 8),
+            (timeseries("Time per list stage (p99 over a micro-batch)", [
+                target(f"histogram_quantile(0.99, sum by (le, stage) (rate(streamrec_stage_seconds_bucket{{{SEL}}}"
+                       f"[{RATE}])))", "{{stage}}"),
+            ], unit="s", description="score: the ranker's candidates for every list of the batch; rerank: the "
+                                     "re-rankers (STREAMREC_MODEL__RERANK_*, off by default); cap: the "
+                                     "per-attribute cap."), 24, 8),
         ]),
         ("Latency", [
             (timeseries("Click to publish latency", quantiles("streamrec_click_to_publish_seconds"), unit="s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from dataclasses import dataclass
 from typing import Any, Collection, Protocol, Sequence
 
@@ -22,6 +23,7 @@ from stream_app.core.profiles import ProfileRecord, Profiles
 from stream_app.core.similar import UserIndex, VectorRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
+from stream_app.core.rerank import ItemFacts, Strengths, rerank_lists
 from stream_app.core.shaping import cap_per_group
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
 
@@ -53,6 +55,8 @@ class Policy:
     keep_across_sessions: bool = False
     max_per_attribute: int = 0  # at most this many items of one capped attribute per list; 0 = no cap
     capped_prefix: str = ""  # the attribute ids that are capped start with this (empty: every attribute)
+    rerank: Strengths = Strengths()  # re-rankers over the candidates (stream_app/core/rerank.py); off by default
+    candidates: int = 200  # candidates re-ranked per list when a re-ranker is on
 
 
 class Action(enum.Enum):
@@ -203,6 +207,15 @@ class Recommender:
         if policy.max_per_attribute > 0:
             self.catalogue.cap_groups(policy.capped_prefix)
             self._fetch = min(self.n_base, 4 * self.k)
+        self.facts: ItemFacts | None = None  # what the re-rankers know of each item
+        self._base_facts: ItemFacts | None = None
+        if policy.rerank.on:
+            self._base_facts = ItemFacts.build(model.out_emb, np.asarray(item_counts, dtype=np.float32),
+                                               (csr[0][0], csr[0][1]) if csr else None)
+            self.facts = self._base_facts
+            self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
+        self.stages = ("score",) + (("cap",) if policy.max_per_attribute > 0 else ()) + policy.rerank.names()
+        self.stage_seconds: dict[str, float] = {}  # per stage, the last ``process`` call's time (for the metrics)
         self._rank_popular()
 
     def _rank_popular(self) -> None:
@@ -224,6 +237,8 @@ class Recommender:
         done = self.catalogue.apply(records)
         for i in done.added:  # ``item_index`` stays the trained items' (the catalogue's base_index)
             self.item_ids.append(self.catalogue.new_ids[i - self.n_base])
+        if done.added and self._base_facts is not None:
+            self.facts = self._base_facts.extended(self.catalogue.new_out)
         if done.blocked or done.unblocked:
             self.ranker.set_blocked(done.blocked, True)
             self.ranker.set_blocked(done.unblocked, False)
@@ -316,6 +331,7 @@ class Recommender:
                 click_ts=inc.click.ts,
                 produced_ts=now,
                 replayed=plan.replayed,
+                stages=self.stages if plan.action is not Action.POPULAR else ("popularity",) + self.stages[1:],
             )
             state = states[i]
             blob = None
@@ -398,6 +414,7 @@ class Recommender:
               users: Sequence[np.ndarray | None] = (), user_ids: Sequence[str] = ()) -> TopK:
         """One ranker call for every STEP and SCORE row (from its hidden state, user part and profile);
         popularity for the rest."""
+        t0 = time.perf_counter()
         n_rows = len(plans)
         values: list[list[float]] = [[] for _ in range(n_rows)]
         indices: list[list[int]] = [[] for _ in range(n_rows)]
@@ -432,10 +449,23 @@ class Recommender:
             if p.action is Action.POPULAR:
                 keep = [j for j, i in enumerate(pop_items) if i not in exclude[r]][: self._fetch]
                 values[r], indices[r] = [pop_values[j] for j in keep], [pop_items[j] for j in keep]
+        t1 = time.perf_counter()
+        self.stage_seconds = {"score": t1 - t0}
         cap = self.policy.max_per_attribute
+        if self.facts is not None:  # re-ranked candidates (stream_app/core/rerank.py), a few k kept for the cap
+            history = [np.asarray(((p.start.recent if p.start is not None else ())
+                                   + ((p.item,) if p.item is not None else ())), dtype=np.int64) for p in plans]
+            values, indices = rerank_lists(values, indices, min(self._fetch, 4 * self.k) if cap > 0 else self.k,
+                                           self.policy.rerank, self.facts, history)
+            t2 = time.perf_counter()
+            self.stage_seconds["rerank"], t1 = t2 - t1, t2
         if cap > 0:  # shaped lists, refilled from the next candidates (stream_app/core/shaping.py)
             for r in range(n_rows):
                 values[r], indices[r] = cap_per_group(values[r], indices[r], self.catalogue.groups_of, cap, self.k)
+            self.stage_seconds["cap"] = time.perf_counter() - t1
+        elif self.facts is None:
+            for r in range(n_rows):
+                values[r], indices[r] = values[r][: self.k], indices[r][: self.k]
         return TopK(values, indices)
 
     def _hidden_of(self, plan: Plan) -> np.ndarray:

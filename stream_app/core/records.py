@@ -52,6 +52,7 @@ class Recommendation:
     click_ts: float
     produced_ts: float
     replayed: bool = False
+    stages: tuple[str, ...] = ()  # what made the list: score (or popularity), then cap, mmr, calibration, long_tail
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,7 @@ class Recommendation:
             "click_ts": self.click_ts,
             "produced_ts": self.produced_ts,
             "replayed": self.replayed,
+            "stages": list(self.stages),
         }
 
     def to_json(self) -> bytes:
@@ -90,4 +92,5 @@ class Recommendation:
             click_ts=float(d["click_ts"]),
             produced_ts=float(d["produced_ts"]),
             replayed=bool(d.get("replayed", False)),
+            stages=tuple(d.get("stages", ())),
         )

@@ -173,7 +173,10 @@ class Shell:
         """The core on the whole batch; if it fails (a bug, not input), click by click, and a click
         that still fails is dead-lettered as ``internal_error``: never a crash, never a silent drop."""
         try:
-            return self.rec.process([inc for _, inc in valid], now)
+            outcomes = self.rec.process([inc for _, inc in valid], now)
+            for stage, seconds in self.rec.stage_seconds.items():
+                self.m.stage.labels(stage).observe(seconds)
+            return outcomes
         except Exception:  # noqa: BLE001 - isolate the click that trips the bug
             log.exception("core failed on a batch of %d clicks; retrying them one by one", len(valid))
         outcomes: list[Any] = []

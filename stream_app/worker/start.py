@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, PlatformColle
 from stream_app.errors import BrokerError, ConfigError, ModelLoadError, StateDirError
 from stream_app.worker.metrics import Metrics
 from stream_app.core.recommender import Policy, Recommender
+from stream_app.core.rerank import Strengths
 from stream_app.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
@@ -45,6 +46,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         keep_across_sessions=settings.session.keep_across_sessions,
         max_per_attribute=m.max_per_attribute,
         capped_prefix=m.capped_attributes,
+        rerank=Strengths(m.rerank_mmr, m.rerank_calibration, m.rerank_long_tail),
+        candidates=m.candidates,
     )
     counts = np.asarray(ckpt.item_counts, dtype=np.float32)
     if counts.shape[0] != len(ckpt.item_ids):
@@ -54,6 +57,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
     from stream_app.core.catalogue import attributes_of, excluded_by
     from stream_app.core.ranking import ranker_for
 
+    if m.rerank_calibration and attributes_of(ckpt) is None:
+        raise ModelLoadError("STREAMREC_MODEL__RERANK_CALIBRATION needs a checkpoint trained with --item-attributes")
     if m.max_per_attribute and attributes_of(ckpt) is None:
         raise ModelLoadError("STREAMREC_MODEL__MAX_PER_ATTRIBUTE needs a checkpoint trained with --item-attributes")
     rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,

@@ -28,6 +28,7 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_state_resets_total": _m("counter", "reason"),  # session_gap | undecodable | model_version | ttl
     "streamrec_replayed_clicks_total": _m("counter"),
     "streamrec_processing_seconds": _m("histogram"),
+    "streamrec_stage_seconds": _m("histogram", "stage"),
     "streamrec_click_to_publish_seconds": _m("histogram"),
     "streamrec_receive_to_publish_seconds": _m("histogram"),
     "streamrec_batch_size": _m("histogram"),

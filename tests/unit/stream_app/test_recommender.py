@@ -179,3 +179,27 @@ def test_large_batch_of_many_same_user_clicks_equals_click_by_click(ckpt) -> Non
             assert a.hidden is None
         else:
             np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
+
+
+def test_rerankers_reorder_within_the_candidates_and_say_so(ckpt) -> None:
+    from stream_app.core.rerank import Strengths
+
+    clicks = [inc("u", f"i{j}", float(j), j) for j in (3, 4, 5)]
+    plain = make_rec(ckpt, k=5)
+    shaped = make_rec(ckpt, k=5, rerank=Strengths(mmr=0.5, long_tail=0.3), candidates=12)
+    store: dict[str, bytes] = {}
+    for c in clicks:
+        a = plain.process([Incoming(c.click, c.source, store.get("u"))], now=c.click.ts)[0]
+        b = shaped.process([Incoming(c.click, c.source, store.get("u"))], now=c.click.ts)[0]
+        store["u"] = a.state_blob  # the states do not depend on the lists' order
+        assert decode(b.state_blob).hidden.tolist() == decode(a.state_blob).hidden.tolist()
+    ra, rb = a.recommendation, b.recommendation
+    assert ra.stages == ("score",) and rb.stages == ("score", "mmr", "long_tail")
+    assert len(rb.items) == 5 and len(set(rb.items)) == 5 and "i5" not in rb.items
+    wide = make_rec(ckpt, k=12).process([Incoming(c.click, c.source, store.get("u"))], now=9.0)[0]
+    assert set(rb.items) <= set(wide.recommendation.items)  # re-ranked from the 12 candidates only
+    mmr = make_rec(ckpt, k=5, rerank=Strengths(mmr=0.5), candidates=12)
+    first = mmr.process([Incoming(c.click, c.source, store.get("u"))], now=9.0)[0].recommendation
+    assert first.items[0] == wide.recommendation.items[0]  # MMR's first pick is the best score
+    assert set(shaped.stage_seconds) == {"score", "rerank"}
+    assert '"stages":["score","mmr","long_tail"]' in rb.to_json().decode()

@@ -27,6 +27,7 @@ import torch
 
 CALIBRATION_ALPHA = 0.01  # Steck's q~ = (1 - alpha) q + alpha p keeps the KL finite
 HEAD_SHARE = 0.2  # share of the items (by training clicks) that is the head
+LIST_KS = (5, 10, 20)  # cut-offs of the lists' own accuracy figures
 
 
 def head_tail(counts: np.ndarray, head_share: float = HEAD_SHARE) -> torch.Tensor:
@@ -128,11 +129,17 @@ class ListFigures:
         self.sums = {"popularity": 0.0, "tail": 0.0, "novelty": 0.0}
         self.ild_sum, self.ild_n = 0.0, 0
         self.kl_sum, self.kl_n = 0.0, 0
+        self.positions: list[np.ndarray] = []  # where each target landed in its list (k + 1: not in it)
 
-    def add(self, lists: torch.Tensor | np.ndarray, history: Sequence[np.ndarray] = ()) -> None:
-        """``lists`` (B, k) item indices, best first (-1 pads a short list); ``history`` per row for calibration."""
+    def add(self, lists: torch.Tensor | np.ndarray, history: Sequence[np.ndarray] = (),
+            targets: torch.Tensor | np.ndarray | None = None) -> None:
+        """``lists`` (B, k) item indices, best first (-1 pads a short list); ``history`` per row for calibration;
+        ``targets`` (B,), when given, for the lists' own hit rate, MRR and NDCG (a list position has no ties)."""
         arr = np.asarray(lists, dtype=np.int64)[:, : self.k]  # (B, k)
         ok = arr >= 0
+        if targets is not None:
+            hit = arr == np.asarray(targets, dtype=np.int64)[:, None]  # (B, k)
+            self.positions.append(np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, arr.shape[1] + 1))
         items = arr[ok]
         np.add.at(self.exposure, items, 1)
         self.lists += arr.shape[0]
@@ -168,6 +175,13 @@ class ListFigures:
             f"ild@{k}": self.ild_sum / self.ild_n if self.ild_n else None,
             f"miscalibration@{k}": self.kl_sum / self.kl_n if self.kl_n else None,
         }
+        if self.positions:
+            r = np.concatenate(self.positions).astype(np.float64)
+            for cut in (c for c in LIST_KS if c <= k):
+                hit = r <= cut
+                out[f"hr@{cut}"] = float(hit.mean())
+                out[f"mrr@{cut}"] = float(np.where(hit, 1.0 / r, 0.0).mean())
+                out[f"ndcg@{cut}"] = float(np.where(hit, 1.0 / np.log2(r + 1.0), 0.0).mean())
         return out
 
 

@@ -30,8 +30,9 @@ from models.data import Sessions
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
 
-# (scores (b, N), history (b, t) item indices so far) -> lists (b, k), best first, -1 past a short list
-Shaper = Callable[[Tensor, Tensor], Tensor]
+# (scores (b, N), per row the item indices the user's taste is read from) -> lists (b, k), best first, -1 past
+# a short list
+Shaper = Callable[[Tensor, list[np.ndarray]], Tensor]
 
 
 class Scorer(Protocol):
@@ -106,7 +107,6 @@ def evaluate_scorer(
     if isinstance(emb, Tensor) and emb.shape[0] == n_items:
         unit = torch.nn.functional.normalize(emb.detach().float(), dim=1)  # (N, H)
     figures = ListFigures(counts, unit, attributes, top_n) if counts is not None and len(counts) == n_items else None
-    list_ranks: list[np.ndarray] = []
     with torch.inference_mode():
         for b0 in range(0, len(sel), batch_size):
             chunk = sel[b0:b0 + batch_size]
@@ -128,12 +128,10 @@ def evaluate_scorer(
                 covered[top.reshape(-1)] = True
                 if pop_norm is not None:
                     pop_sum += float(pop_norm[top].mean(dim=1).sum())
-                history = x[: t + 1, :nb].t()  # (nb, t + 1) the session so far
+                history = list(x[: t + 1, :nb].t().numpy())  # per row, the session so far
                 lists = shape(scores, history) if shape is not None else top  # (nb, k)
-                if figures is not None:
-                    figures.add(lists, list(history.numpy()))
-                if shape is not None:
-                    list_ranks.append(_list_ranks(lists, x[t + 1, :nb]))
+                if figures is not None:  # with a pipeline, where the next click landed in its lists
+                    figures.add(lists, history, x[t + 1, :nb] if shape is not None else None)
     std_r = torch.cat(std_all).numpy().astype(np.int64) if std_all else np.zeros(0, dtype=np.int64)
     cons_r = torch.cat(cons_all).numpy().astype(np.int64) if cons_all else np.zeros(0, dtype=np.int64)
     n_pred = int(len(cons_r))
@@ -145,20 +143,8 @@ def evaluate_scorer(
     res["standard"] = metrics_from_ranks(std_r, ks)
     if figures is not None:
         res["lists"] = figures.result()
-        if shape is not None:
-            ranks = np.concatenate(list_ranks) if list_ranks else np.zeros(0, dtype=np.int64)
-            got = metrics_from_ranks(ranks, (top_n,))
-            res["lists"].update({f"hr@{top_n}": got[f"recall@{top_n}"], f"mrr@{top_n}": got[f"mrr@{top_n}"],
-                                 f"ndcg@{top_n}": got[f"ndcg@{top_n}"]})
     res["eval_seconds"] = round(time.perf_counter() - t0, 3)
     return res
-
-
-def _list_ranks(lists: Tensor, targets: Tensor) -> np.ndarray:
-    """1-based position of each target (b,) in its list (b, k); k + 1 past the end (a miss at every cut-off)."""
-    hit = lists == targets.unsqueeze(1)  # (b, k)
-    pos = torch.where(hit.any(dim=1), hit.to(torch.int8).argmax(dim=1) + 1, torch.full_like(targets, lists.shape[1] + 1))
-    return pos.numpy().astype(np.int64)
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -220,4 +206,4 @@ def evaluate_checkpoint(
     return _finite(res)
 
 
-__all__ = ["KS", "Scorer", "evaluate_checkpoint", "evaluate_scorer", "metrics_from_ranks", "ranks_of"]
+__all__ = ["KS", "Scorer", "Shaper", "evaluate_checkpoint", "evaluate_scorer", "metrics_from_ranks", "ranks_of"]

@@ -30,7 +30,8 @@ import torch
 
 from models.baselines import popularity_tiebreak
 from models.data import ClickLog, DataError, Sessions, write_tsv
-from models.evaluate import ranks_of
+from models.beyond import ListFigures
+from models.evaluate import Shaper, ranks_of
 from models.features import ItemAttributes, read_attributes
 
 KS_SEQ: tuple[int, ...] = (5, 10, 20)
@@ -118,7 +119,8 @@ def _targets(data: SequenceSet, holdout: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = MAX_LEN,
-               batch_size: int = 512, candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               batch_size: int = 512, candidates: np.ndarray | None = None, shape: Shaper | None = None,
+               figures: ListFigures | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Conservative ranks (U,) of each user's target under full ranking with history exclusion, and the users.
 
     ``candidates`` (N,) bool restricts the ranking to those items (the others
@@ -127,6 +129,11 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
     ``model`` needs ``zero_state``, ``advance``, ``input_vectors`` and
     ``score`` (a folded SessionRNN, or ``PopularityModel``).  Inputs are
     right-aligned: a row's state stays zero until its own first item.
+
+    ``figures`` collects the beyond-accuracy figures of each user's top-k list
+    (models/beyond.py), of the lists ``shape`` makes from the scores when given
+    (the re-ranking pipeline, with the lists' own HR/MRR/NDCG), else of the plain
+    top k; the history they read is the user's last ``max_len`` training items.
     """
     users, targets = _targets(data, holdout)
     off, items = data.seqs.offsets, data.seqs.items
@@ -155,8 +162,13 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
             scores[rows, cols] = -torch.inf
             if outside is not None:
                 scores[:, outside] = -torch.inf
-            _, cons = ranks_of(scores, torch.from_numpy(targets[b0:b0 + batch_size]))
+            target = torch.from_numpy(targets[b0:b0 + batch_size])  # (b,)
+            _, cons = ranks_of(scores, target)
             ranks[b0:b0 + len(u)] = cons.numpy()
+            if figures is not None:
+                history = [items[max(s, x - max_len):x] for s, x in zip(starts, e)]
+                lists = shape(scores, history) if shape is not None else torch.topk(scores, figures.k, dim=1).indices
+                figures.add(lists, history, target if shape is not None else None)
     return ranks, users
 
 
@@ -192,11 +204,17 @@ class PopularityModel:
 
 
 def evaluate_sequences(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = MAX_LEN,
-                       baselines: bool = False) -> dict[str, Any]:
-    """HR/NDCG@5/10/20 on the test (holdout 1) or validation (holdout 2) target, as one JSON-able dict."""
+                       baselines: bool = False, shape: Shaper | None = None,
+                       attributes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """HR/NDCG@5/10/20 on the test (holdout 1) or validation (holdout 2) target, as one JSON-able dict, and
+    under "lists" the beyond-accuracy figures of the top-20 lists (through ``shape`` when given)."""
     t0 = time.perf_counter()
-    ranks, users = score_last(model, data, holdout, max_len)
+    emb = getattr(model, "out_emb", None)
+    unit = torch.nn.functional.normalize(emb.detach().float(), dim=1) if isinstance(emb, torch.Tensor) else None
+    figures = ListFigures(data.counts(holdout), unit, attributes, 20)
+    ranks, users = score_last(model, data, holdout, max_len, shape=shape, figures=figures)
     res: dict[str, Any] = hr_ndcg(ranks)
+    res["lists"] = figures.result()
     res.update(users=int(len(users)), target="test" if holdout == 1 else "validation", max_len=max_len,
                protocol="leave-one-out, full ranking, history excluded",
                eval_seconds=round(time.perf_counter() - t0, 3))
@@ -303,7 +321,8 @@ def train_sequences(
 
 
 def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: int = 1,
-                                 baselines: bool = False, max_len: int = MAX_LEN) -> dict[str, Any]:
+                                 baselines: bool = False, max_len: int = MAX_LEN,
+                                 shaper: Any = None) -> dict[str, Any]:
     """``streamrec evaluate CKPT --sequences NAME.txt``: the checkpoint's item ids must cover the file's."""
     from models.checkpoint import load_checkpoint
 
@@ -316,7 +335,10 @@ def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: i
         index = ckpt.item_index
         remap = np.asarray([index[s] for s in data.item_ids], dtype=np.int64)
         data = SequenceSet(data.users, ckpt.item_ids, Sessions(remap[data.seqs.items], data.seqs.offsets))
-    res = evaluate_sequences(ckpt.model, data, holdout, max_len, baselines)
+    pools = ckpt.network.attr_out
+    attributes = (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None
+    res = evaluate_sequences(ckpt.model, data, holdout, max_len, baselines,
+                             shape=shaper(ckpt) if shaper is not None else None, attributes=attributes)
     res.update(model_version=ckpt.version, checkpoint=str(ckpt_path), sequences=str(sequences_path),
                attributes=bool(ckpt.meta.get("attributes")))
     return res

@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.report:
             raise ValueError("--report reads click logs; it does not take --sequences")
         seq = evaluate_sequence_checkpoint(args.checkpoint, args.sequences, 2 if args.target == "validation" else 1,
-                                           baselines=args.baselines)
+                                           baselines=args.baselines, shaper=_shaper(args))
         print(json.dumps(seq) if args.json else _fmt_sequences(seq))
         return 0
     res = evaluate_checkpoint(args.checkpoint, args.test, baselines=args.baselines or bool(args.report),

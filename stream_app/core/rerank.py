@@ -196,13 +196,13 @@ def rerank_lists(values: Sequence[Sequence[float]], indices: Sequence[Sequence[i
 
 
 def shaper(facts: ItemFacts, strengths: Strengths, k: int, candidates: int
-           ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+           ) -> Callable[[torch.Tensor, list[np.ndarray]], torch.Tensor]:
     """The offline pipeline (``streamrec evaluate --rerank``): each row's top ``candidates`` by score,
     re-ranked to ``k``; -1 past the end of a short list (models/evaluate.py's ``Shaper``)."""
 
-    def run(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def run(scores: torch.Tensor, history: list[np.ndarray]) -> torch.Tensor:
         top = torch.topk(scores, min(candidates, scores.shape[1]), dim=1)  # (b, C)
-        _, items, ok = rerank(top.values, top.indices, k, strengths, facts, list(history.numpy()))
+        _, items, ok = rerank(top.values, top.indices, k, strengths, facts, history)
         return items.masked_fill(~ok, -1)  # (b, k)
 
     return run

@@ -185,6 +185,11 @@ def test_cli_train_evaluate_prepare(tmp_path: Path, capsys: pytest.CaptureFixtur
     res = json.loads(capsys.readouterr().out)
     assert {"hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20"} <= set(res) and res["users"] == 240
     assert res["attributes"] is True and "popularity" in res["baselines"]
+    assert res["lists"]["miscalibration@20"] is not None and 0 < res["lists"]["coverage@20"] <= 1
+    assert offline_main(["evaluate", str(ck), "--sequences", str(seq), "--json", "--rerank", "calibration=0.5"]) == 0
+    shaped = json.loads(capsys.readouterr().out)["lists"]
+    assert shaped["miscalibration@20"] <= res["lists"]["miscalibration@20"] + 1e-9
+    assert {"hr@5", "hr@20", "ndcg@20", "mrr@20"} <= set(shaped)
     assert offline_main(["train", str(seq), "--sequences", str(seq), "--out", str(ck)]) == 2
     assert "either TRAIN_TSV or --sequences" in capsys.readouterr().err
     assert offline_main(["prepare", "--sequences", str(seq), "--item-attributes", str(att), "--out-dir", str(tmp_path / "p")]) == 0

@@ -77,7 +77,7 @@ def test_short_rows_and_ragged_lists() -> None:
     assert sorted(i[0, :2].tolist()) == [3, 4]
     lv, li = rerank_lists([[2.0, 1.0], []], [[3, 4], []], 3, Strengths(mmr=0.3), facts, [np.array([1]), np.array([], np.int64)])
     assert [len(r) for r in li] == [2, 0] and sorted(li[0]) == [3, 4] and lv[0][0] in (1.0, 2.0)
-    lists = shaper(facts, Strengths(long_tail=0.2), 5, 10)(torch.randn(2, 40), torch.tensor([[1], [2]]))
+    lists = shaper(facts, Strengths(long_tail=0.2), 5, 10)(torch.randn(2, 40), [np.array([1]), np.array([2])])
     assert lists.shape == (2, 5) and bool((lists >= 0).all())
 
 

@@ -107,7 +107,11 @@ class ModelSettings(BaseModel):
                                       "user's recent clicks (Steck 2018); 0 = off; needs item attributes")
     rerank_long_tail: float = Field(0.0, ge=0, lt=1, description="long-tail exposure (smooth xQuAD over head and "
                                     "tail, Abdollahpouri et al. 2019); 0 = off")
-    candidates: int = Field(200, ge=1, le=10000, description="candidates re-ranked per list when a re-ranker is on")
+    candidates: int = Field(200, ge=1, le=10000, description="candidates re-ranked per list when a re-ranker is on, "
+                            "and the pool the also-like list is drawn from")
+    also_k: int = Field(0, ge=0, le=1000, description="items of the sampled \"you may also like\" list published "
+                        "in each record (also_like); 0 = none")
+    also_temperature: float = Field(1.0, gt=0, description="softmax temperature of the also-like draw")
     new_item_scale: float = Field(NEW_ITEM_SCALE, gt=0, le=1, description="items added through the catalogue: "
                                   "their attribute vector's scale on the output side (docs/input.md#catalogue)")
     # exact: one batched product over all items (default); ann: faiss IVF index

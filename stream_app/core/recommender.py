@@ -23,6 +23,7 @@ from stream_app.core.profiles import ProfileRecord, Profiles
 from stream_app.core.similar import UserIndex, VectorRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
+from stream_app.core.explore import sample_lists
 from stream_app.core.rerank import ItemFacts, Strengths, rerank_lists
 from stream_app.core.shaping import cap_per_group
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
@@ -56,7 +57,9 @@ class Policy:
     max_per_attribute: int = 0  # at most this many items of one capped attribute per list; 0 = no cap
     capped_prefix: str = ""  # the attribute ids that are capped start with this (empty: every attribute)
     rerank: Strengths = Strengths()  # re-rankers over the candidates (stream_app/core/rerank.py); off by default
-    candidates: int = 200  # candidates re-ranked per list when a re-ranker is on
+    candidates: int = 200  # candidates re-ranked per list when a re-ranker is on (and the also-like pool)
+    also_k: int = 0  # items of the sampled "you may also like" list (stream_app/core/explore.py); 0 = none
+    also_temperature: float = 1.0  # its softmax temperature
 
 
 class Action(enum.Enum):
@@ -214,6 +217,9 @@ class Recommender:
                                                (csr[0][0], csr[0][1]) if csr else None)
             self.facts = self._base_facts
             self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
+        if policy.also_k > 0:  # the also-like list is drawn from the candidates
+            self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
+        self._also: list[tuple[list[int], list[float]]] = []  # the last ``_rank``'s sampled lists
         self.stages = ("score",) + (("cap",) if policy.max_per_attribute > 0 else ()) + policy.rerank.names()
         self.stage_seconds: dict[str, float] = {}  # per stage, the last ``process`` call's time (for the metrics)
         self._rank_popular()
@@ -312,7 +318,8 @@ class Recommender:
                 else:
                     current[user] = (current[user][0], None)
 
-        top = self._rank(plans, hidden, long_term, [inc.click.user_id for inc in batch])
+        top = self._rank(plans, hidden, long_term, [inc.click.user_id for inc in batch],
+                         [(inc.source.partition, inc.source.offset) for inc in batch])
         outcomes: list[Outcome] = []
         for i, inc in enumerate(batch):
             plan, items = plans[i], top.indices[i]
@@ -332,6 +339,8 @@ class Recommender:
                 produced_ts=now,
                 replayed=plan.replayed,
                 stages=self.stages if plan.action is not Action.POPULAR else ("popularity",) + self.stages[1:],
+                also=tuple(self.item_ids[j] for j in self._also[i][0]) if self._also else (),
+                also_p=tuple(self._also[i][1]) if self._also else (),
             )
             state = states[i]
             blob = None
@@ -411,7 +420,8 @@ class Recommender:
         return x
 
     def _rank(self, plans: Sequence[Plan], hidden: Sequence[np.ndarray | None],
-              users: Sequence[np.ndarray | None] = (), user_ids: Sequence[str] = ()) -> TopK:
+              users: Sequence[np.ndarray | None] = (), user_ids: Sequence[str] = (),
+              seeds: Sequence[tuple[int, int]] = ()) -> TopK:
         """One ranker call for every STEP and SCORE row (from its hidden state, user part and profile);
         popularity for the rest."""
         t0 = time.perf_counter()
@@ -451,6 +461,12 @@ class Recommender:
                 values[r], indices[r] = [pop_values[j] for j in keep], [pop_items[j] for j in keep]
         t1 = time.perf_counter()
         self.stage_seconds = {"score": t1 - t0}
+        if self.policy.also_k > 0:  # drawn from the candidates before any re-ranking (stream_app/core/explore.py)
+            self._also = sample_lists(values, indices, self.policy.also_k, self.policy.also_temperature,
+                                      seeds or [(0, r) for r in range(n_rows)],
+                                      [p.action is Action.POPULAR for p in plans])
+            t2 = time.perf_counter()
+            self.stage_seconds["also_like"], t1 = t2 - t1, t2
         cap = self.policy.max_per_attribute
         if self.facts is not None:  # re-ranked candidates (stream_app/core/rerank.py), a few k kept for the cap
             history = [np.asarray(((p.start.recent if p.start is not None else ())

@@ -53,6 +53,8 @@ class Recommendation:
     produced_ts: float
     replayed: bool = False
     stages: tuple[str, ...] = ()  # what made the list: score (or popularity), then cap, mmr, calibration, long_tail
+    also: tuple[str, ...] = ()  # the sampled "you may also like" list (stream_app/core/explore.py), when on
+    also_p: tuple[float, ...] = ()  # each one's single-draw probability under the sampling softmax
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class Recommendation:
             "produced_ts": self.produced_ts,
             "replayed": self.replayed,
             "stages": list(self.stages),
+            **({"also_like": {"items": list(self.also), "p": [round(p, 8) for p in self.also_p]}} if self.also else {}),
         }
 
     def to_json(self) -> bytes:
@@ -93,4 +96,6 @@ class Recommendation:
             produced_ts=float(d["produced_ts"]),
             replayed=bool(d.get("replayed", False)),
             stages=tuple(d.get("stages", ())),
+            also=tuple((d.get("also_like") or {}).get("items", ())),
+            also_p=tuple((d.get("also_like") or {}).get("p", ())),
         )

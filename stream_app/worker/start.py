@@ -48,6 +48,8 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         capped_prefix=m.capped_attributes,
         rerank=Strengths(m.rerank_mmr, m.rerank_calibration, m.rerank_long_tail),
         candidates=m.candidates,
+        also_k=m.also_k,
+        also_temperature=m.also_temperature,
     )
     counts = np.asarray(ckpt.item_counts, dtype=np.float32)
     if counts.shape[0] != len(ckpt.item_ids):

@@ -203,3 +203,21 @@ def test_rerankers_reorder_within_the_candidates_and_say_so(ckpt) -> None:
     assert first.items[0] == wide.recommendation.items[0]  # MMR's first pick is the best score
     assert set(shaped.stage_seconds) == {"score", "rerank"}
     assert '"stages":["score","mmr","long_tail"]' in rb.to_json().decode()
+
+
+def test_also_like_is_a_seeded_draw_with_its_probabilities(ckpt) -> None:
+    plain = make_rec(ckpt, k=5)
+    also = make_rec(ckpt, k=5, also_k=6, also_temperature=0.5, candidates=15)
+    a = plain.process([inc("u", "i3", 1.0, 7)], now=1.0)[0].recommendation
+    out = also.process([inc("u", "i3", 1.0, 7)], now=1.0)[0]
+    b = out.recommendation
+    assert b.items == a.items and not a.also  # the served list is unchanged; off means no field
+    assert len(b.also) == 6 and len(set(b.also)) == 6 and "i3" not in b.also
+    assert all(0.0 < p <= 1.0 for p in b.also_p) and sum(b.also_p) <= 1.0 + 1e-9
+    wide = make_rec(ckpt, k=15).process([inc("u", "i3", 1.0, 7)], now=1.0)[0].recommendation
+    assert set(b.also) <= set(wide.items)  # drawn from the 15 candidates
+    again = also.process([inc("u", "i3", 1.0, 7, out.state_blob)], now=2.0)[0].recommendation
+    assert again.replayed and again.also == b.also  # a redelivered click draws the same list
+    assert "also_like" in b.to_dict() and b.from_json(b.to_json()).also == b.also
+    cold = also.process([inc("w", "nope", 1.0, 9)], now=1.0)[0].recommendation
+    assert cold.strategy == "popularity" and len(cold.also) == 6

@@ -82,6 +82,18 @@ def test_thousand_clicks_fifty_malformed(settings: Settings) -> None:
 
 
 def test_hand_made_scenario_exact_lists(settings: Settings) -> None:
+    _exact_lists(settings)
+
+
+def test_rerankers_and_also_like_exact_over_tcp(settings: Settings) -> None:
+    """With MMR, the long-tail term and the sampled list on, the worker's records (stages, lists, also-like
+    lists and their probabilities) are the core's on the same clicks: the draw is seeded by the click."""
+    model = settings.model.model_copy(update={"rerank_mmr": 0.2, "rerank_long_tail": 0.2, "candidates": 50,
+                                              "also_k": 5, "also_temperature": 0.7})
+    _exact_lists(settings.model_copy(update={"model": model}), ("mmr", "long_tail"))
+
+
+def _exact_lists(settings: Settings, rerankers: tuple[str, ...] = ()) -> None:
     clicks = [click("alice", "i1", 100.0), click("bob", "i7", 101.0), click("alice", "i2", 102.0),
               click("carol", "nope", 103.0), click("alice", "i3", 5000.0)]  # last one: after the 30 min gap
     with WorkerProcess(settings) as worker:
@@ -99,5 +111,8 @@ def test_hand_made_scenario_exact_lists(settings: Settings) -> None:
         got = by_source[(part, off)]
         assert got.user_id == c.user_id and got.items == out.recommendation.items
         assert got.strategy == out.recommendation.strategy
+        assert got.stages == out.recommendation.stages and got.stages[1:] == rerankers
+        assert got.also == out.recommendation.also and len(got.also) == settings.model.also_k
+        assert all(abs(a - b) < 1e-6 for a, b in zip(got.also_p, out.recommendation.also_p))
         assert len(got.items) == 20 and b["item_id"] not in got.items
     assert by_source[positions[3]].strategy == "popularity"

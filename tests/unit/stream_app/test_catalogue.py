@@ -247,3 +247,23 @@ def test_a_bad_catalogue_file_says_why(tmp_path) -> None:  # type: ignore[no-unt
         list(catalogue_messages(tmp_path / "bad.jsonl"))
     with pytest.raises(DatasetError, match="cannot read"):
         list(catalogue_messages(tmp_path / "missing.jsonl"))
+
+
+def test_rerankers_and_also_like_serve_new_catalogue_items() -> None:
+    from stream_app.core.rerank import Strengths
+
+    net = network()
+    attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
+    spec = (attrs.names, net.new_item_vectors, (net.attr_out.flat, net.attr_out.offsets))
+    rec = Recommender(net.folded(), [str(i) for i in range(N)], np.arange(N, 0, -1, dtype=np.float32), "v1",
+                      Policy(k=N, rerank=Strengths(mmr=0.3, calibration=0.2, long_tail=0.2), candidates=N + 5,
+                             also_k=N, max_per_attribute=N), attributes=spec)  # type: ignore[arg-type]
+    rec.apply_catalogue([ItemRecord("new", ("c1", "b2"))])
+    assert rec.facts is not None and rec.facts.n_items == N + 1 and bool(rec.facts.tail[N])
+    got, blob = click(rec, "new", 0)  # a click on the new item: every other item re-ranked
+    assert got.stages == ("score", "cap", "mmr", "calibration", "long_tail")
+    assert sorted(got.items) == sorted(str(i) for i in range(N)) and set(got.also) == set(got.items)
+    again, _ = click(rec, "3", 1, blob)
+    assert "new" not in again.items and "3" not in again.items and len(again.items) == N - 1  # recent: out
+    other, _ = click(rec, "3", 2, user="v")
+    assert "new" in other.items and "new" in other.also and len(other.items) == N  # the new item is served

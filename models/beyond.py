@@ -30,6 +30,17 @@ HEAD_SHARE = 0.2  # share of the items (by training clicks) that is the head
 LIST_KS = (5, 10, 20)  # cut-offs of the lists' own accuracy figures
 
 
+def unit_rows(emb: torch.Tensor) -> torch.Tensor:
+    """(N, H) rows scaled to unit length (float32, detached): cosines are then plain products."""
+    return torch.nn.functional.normalize(emb.detach().to(torch.float32), dim=1)
+
+
+def unit_of(model: Any, n_items: int) -> torch.Tensor | None:
+    """The unit output item embeddings of a network with ``out_emb`` over ``n_items``, else None (baselines)."""
+    emb = getattr(model, "out_emb", None)
+    return unit_rows(emb) if isinstance(emb, torch.Tensor) and emb.shape[0] == n_items else None
+
+
 def head_tail(counts: np.ndarray, head_share: float = HEAD_SHARE) -> torch.Tensor:
     """(N,) bool, True for the tail: every item outside the ``head_share`` most clicked (ties by index)."""
     n = len(counts)
@@ -124,7 +135,6 @@ class ListFigures:
         self.unit = unit
         self.csr = attributes
         self.exposure = np.zeros(self.n, dtype=np.int64)
-        self.lists = 0
         self.listed = 0
         self.sums = {"popularity": 0.0, "tail": 0.0, "novelty": 0.0}
         self.ild_sum, self.ild_n = 0.0, 0
@@ -142,7 +152,6 @@ class ListFigures:
             self.positions.append(np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, arr.shape[1] + 1))
         items = arr[ok]
         np.add.at(self.exposure, items, 1)
-        self.lists += arr.shape[0]
         self.listed += len(items)
         self.sums["popularity"] += float(self.counts[items].sum())
         self.sums["tail"] += float(self.tail[items].sum())
@@ -186,4 +195,4 @@ class ListFigures:
 
 
 __all__ = ["CALIBRATION_ALPHA", "HEAD_SHARE", "ListFigures", "attribute_mix", "expand", "gini", "head_tail",
-           "miscalibration"]
+           "miscalibration", "unit_of", "unit_rows"]

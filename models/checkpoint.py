@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,6 +46,11 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     item_counts: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     _popular_order: Tensor | None = field(default=None, repr=False)
+
+    def attribute_lists(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The trained items' attribute ids as (flat, offsets) arrays, None for a network without attributes."""
+        pool = self.network.attr_out if self.network is not None else None
+        return (pool.flat.numpy(), pool.offsets.numpy()) if pool is not None else None
 
     def popular(self, k: int) -> list[int]:
         """Top-k item indices by training click count (ties: lower index first)."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.beyond import ListFigures
+from models.beyond import ListFigures, unit_of
 from models.data import Sessions
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
@@ -102,11 +102,7 @@ def evaluate_scorer(
         pop_norm = torch.as_tensor(counts / counts.max(), dtype=torch.float64)  # (N,)
     pop_sum = 0.0
     k_top = min(top_n, n_items)
-    unit = None
-    emb = getattr(scorer, "out_emb", None)
-    if isinstance(emb, Tensor) and emb.shape[0] == n_items:
-        unit = torch.nn.functional.normalize(emb.detach().float(), dim=1)  # (N, H)
-    figures = ListFigures(counts, unit, attributes, top_n) if counts is not None and len(counts) == n_items else None
+    figures = ListFigures(counts, unit_of(scorer, n_items), attributes, top_n) if counts is not None and len(counts) == n_items else None
     with torch.inference_mode():
         for b0 in range(0, len(sel), batch_size):
             chunk = sel[b0:b0 + batch_size]
@@ -184,10 +180,8 @@ def evaluate_checkpoint(
     sessions, skipped = encode(test_log, ckpt.item_index)
     n = len(ckpt.item_ids)
     counts = ckpt.item_counts.numpy()
-    pools = ckpt.network.attr_out
-    attributes = (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None
     res = evaluate_scorer(ckpt.model, sessions, n, counts, batch_size=batch_size,
-                          shape=shaper(ckpt) if shaper is not None else None, attributes=attributes)
+                          shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists())
     res["skipped_unknown"] = skipped
     res["model_version"] = ckpt.version
     res["checkpoint"] = str(ckpt_path)

@@ -30,7 +30,7 @@ import torch
 
 from models.baselines import popularity_tiebreak
 from models.data import ClickLog, DataError, Sessions, write_tsv
-from models.beyond import ListFigures
+from models.beyond import ListFigures, unit_of
 from models.evaluate import Shaper, ranks_of
 from models.features import ItemAttributes, read_attributes
 
@@ -209,9 +209,7 @@ def evaluate_sequences(model: Any, data: SequenceSet, holdout: int = 1, max_len:
     """HR/NDCG@5/10/20 on the test (holdout 1) or validation (holdout 2) target, as one JSON-able dict, and
     under "lists" the beyond-accuracy figures of the top-20 lists (through ``shape`` when given)."""
     t0 = time.perf_counter()
-    emb = getattr(model, "out_emb", None)
-    unit = torch.nn.functional.normalize(emb.detach().float(), dim=1) if isinstance(emb, torch.Tensor) else None
-    figures = ListFigures(data.counts(holdout), unit, attributes, 20)
+    figures = ListFigures(data.counts(holdout), unit_of(model, data.n_items), attributes, 20)
     ranks, users = score_last(model, data, holdout, max_len, shape=shape, figures=figures)
     res: dict[str, Any] = hr_ndcg(ranks)
     res["lists"] = figures.result()
@@ -335,10 +333,8 @@ def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: i
         index = ckpt.item_index
         remap = np.asarray([index[s] for s in data.item_ids], dtype=np.int64)
         data = SequenceSet(data.users, ckpt.item_ids, Sessions(remap[data.seqs.items], data.seqs.offsets))
-    pools = ckpt.network.attr_out
-    attributes = (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None
     res = evaluate_sequences(ckpt.model, data, holdout, max_len, baselines,
-                             shape=shaper(ckpt) if shaper is not None else None, attributes=attributes)
+                             shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists())
     res.update(model_version=ckpt.version, checkpoint=str(ckpt_path), sequences=str(sequences_path),
                attributes=bool(ckpt.meta.get("attributes")))
     return res

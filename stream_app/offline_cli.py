@@ -153,9 +153,7 @@ def _shaper(args: argparse.Namespace) -> Any:
     strengths = parse_strengths(args.rerank)
 
     def build(ckpt: Any) -> Any:
-        pools = ckpt.network.attr_out
-        facts = ItemFacts.build(ckpt.model.out_emb, ckpt.item_counts.numpy(),
-                                (pools.flat.numpy(), pools.offsets.numpy()) if pools is not None else None)
+        facts = ItemFacts.build(ckpt.model.out_emb, ckpt.item_counts.numpy(), ckpt.attribute_lists())
         return shaper(facts, strengths, 20, args.candidates)
 
     return build

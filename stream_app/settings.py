@@ -123,9 +123,13 @@ class ModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _strengths_below_one(self) -> "ModelSettings":
-        if self.rerank_mmr + self.rerank_calibration + self.rerank_long_tail >= 1.0:
-            raise ValueError("STREAMREC_MODEL__RERANK_MMR, __RERANK_CALIBRATION and __RERANK_LONG_TAIL must sum below 1 "
-                             "(the rest is the weight of the network's score)")
+        from stream_app.core.rerank import Strengths  # the rule lives with the re-rankers
+
+        try:
+            Strengths(self.rerank_mmr, self.rerank_calibration, self.rerank_long_tail)
+        except ValueError as exc:
+            raise ValueError(f"STREAMREC_MODEL__RERANK_MMR, __RERANK_CALIBRATION and __RERANK_LONG_TAIL: {exc} "
+                             "(the rest is the weight of the network's score)") from exc
         return self
 
 

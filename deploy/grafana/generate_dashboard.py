@@ -188,8 +188,8 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
             (timeseries("Time per list stage (p99 over a micro-batch)", [
                 target(f"histogram_quantile(0.99, sum by (le, stage) (rate(streamrec_stage_seconds_bucket{{{SEL}}}"
                        f"[{RATE}])))", "{{stage}}"),
-            ], unit="s", description="score: the ranker's candidates for every list of the batch; rerank: the "
-                                     "re-rankers (STREAMREC_MODEL__RERANK_*, off by default); cap: the "
+            ], unit="s", description="score: the ranker's candidates for every list of the batch; also_like: the "
+                                     "sampled list (STREAMREC_MODEL__ALSO_K); rerank: the re-rankers (STREAMREC_MODEL__RERANK_*, off by default); cap: the "
                                      "per-attribute cap."), 24, 8),
         ]),
         ("Latency", [

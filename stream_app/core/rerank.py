@@ -31,13 +31,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from models.beyond import CALIBRATION_ALPHA, attribute_mix, head_tail
-
+from models.beyond import CALIBRATION_ALPHA, attribute_mix, head_tail, unit_rows
 
 
 @dataclass(frozen=True)
 class Strengths:
-    """The re-ranking settings (STREAMREC_RERANK__*): 0 = off; their sum stays below 1."""
+    """The re-ranking strengths (STREAMREC_MODEL__RERANK_*): 0 = off; their sum stays below 1."""
 
     mmr: float = 0.0
     calibration: float = 0.0
@@ -72,10 +71,9 @@ class ItemFacts:
     def build(cls, out_emb: torch.Tensor, counts: np.ndarray | Sequence[float],
               attributes: tuple[np.ndarray, np.ndarray] | None = None) -> "ItemFacts":
         """``attributes`` as (flat attribute ids, offsets), the layout of the network's attribute pools."""
-        emb = out_emb.detach().to(torch.float32)  # (N, H)
-        unit = emb / emb.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (N, H)
         indptr, groups = _csr(attributes) if attributes is not None else (None, None)
-        return cls(unit, head_tail(np.asarray(counts, dtype=np.float64)), indptr, groups, int(emb.shape[0]))
+        return cls(unit_rows(out_emb), head_tail(np.asarray(counts, dtype=np.float64)), indptr, groups,
+                   int(out_emb.shape[0]))
 
     @property
     def n_items(self) -> int:
@@ -84,7 +82,7 @@ class ItemFacts:
     def extended(self, new_out: torch.Tensor) -> "ItemFacts":
         """The trained items' facts plus items added after training (the live catalogue's): tail, no attributes."""
         base, n_new = self.n_base, int(new_out.shape[0])
-        unit = new_out / new_out.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (M, H)
+        unit = unit_rows(new_out)  # (M, H)
         indptr = None
         if self.indptr is not None:
             indptr = np.concatenate([self.indptr[: base + 1], np.full(n_new, self.indptr[base])])

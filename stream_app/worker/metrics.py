@@ -68,7 +68,8 @@ class Metrics:
             processing=Histogram("streamrec_processing_seconds", "Time to process one micro-batch of clicks",
                                  buckets=LATENCY_BUCKETS, registry=r),
             stage=Histogram("streamrec_stage_seconds", "Time of one list stage over a micro-batch (score: the "
-                            "ranker's candidates; rerank: the re-rankers; cap: the per-attribute cap)", ["stage"],
+                            "ranker's candidates; also_like: the sampled list; rerank: the re-rankers; cap: the "
+                            "per-attribute cap)", ["stage"],
                             buckets=LATENCY_BUCKETS, registry=r),
             click_to_publish=Histogram("streamrec_click_to_publish_seconds",
                                        "From the click's timestamp to its list being handed to the producer",

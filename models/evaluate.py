@@ -33,6 +33,8 @@ KS: tuple[int, ...] = (1, 5, 10, 20)
 # (scores (b, N), per row the item indices the user's taste is read from) -> lists (b, k), best first, -1 past
 # a short list
 Shaper = Callable[[Tensor, list[np.ndarray]], Tensor]
+# (scores (b, N), history per row, targets (b,)) -> None: watches every prediction (candidate recall, ranker data)
+Probe = Callable[[Tensor, list[np.ndarray], Tensor], None]
 
 
 class Scorer(Protocol):
@@ -78,6 +80,7 @@ def evaluate_scorer(
     top_n: int = 20,
     shape: Shaper | None = None,
     attributes: tuple[np.ndarray, np.ndarray] | None = None,
+    probe: Probe | None = None,
 ) -> dict[str, Any]:
     """Evaluate a scorer on coded sessions; conservative metrics at top level, standard under "standard".
 
@@ -88,7 +91,8 @@ def evaluate_scorer(
     (flat, offsets)); coverage is the share of items that appear in at least one
     top list. ``shape`` turns each step's scores into the lists a re-ranking
     pipeline would serve (stream_app/core/rerank.py): "lists" then holds those
-    lists' hit rate, MRR and NDCG at ``top_n`` beside their figures.
+    lists' hit rate, MRR and NDCG at ``top_n`` beside their figures. ``probe`` sees
+    every step's scores, history and next clicks (models/recall.py, models/ranker.py).
     """
     t0 = time.perf_counter()
     lengths = sessions.lengths
@@ -128,6 +132,8 @@ def evaluate_scorer(
                 lists = shape(scores, history) if shape is not None else top  # (nb, k)
                 if figures is not None:  # with a pipeline, where the next click landed in its lists
                     figures.add(lists, history, x[t + 1, :nb] if shape is not None else None)
+                if probe is not None:
+                    probe(scores, history, x[t + 1, :nb])
     std_r = torch.cat(std_all).numpy().astype(np.int64) if std_all else np.zeros(0, dtype=np.int64)
     cons_r = torch.cat(cons_all).numpy().astype(np.int64) if cons_all else np.zeros(0, dtype=np.int64)
     n_pred = int(len(cons_r))
@@ -163,6 +169,7 @@ def evaluate_checkpoint(
     train_path: str | None = None,
     batch_size: int = 256,
     shaper: Callable[[Any], Shaper] | None = None,
+    probes: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a GRU4Rec TSV; optional popularity / Markov floors.
 
@@ -170,6 +177,8 @@ def evaluate_checkpoint(
     recorded in the checkpoint's meta; it is skipped (with a note) if neither
     can be read. ``shaper`` builds, from the loaded checkpoint, the list-shaping
     pipeline the network's lists are evaluated through (``evaluate_scorer``'s ``shape``).
+    ``probes`` builds, from the checkpoint, a probe that watches every prediction and adds its
+    figures to the result (``into``): candidate recall, the ranker's order (models/pipeline.py).
     """
     from models.baselines import MarkovScorer, PopularityScorer
     from models.checkpoint import load_checkpoint
@@ -180,8 +189,12 @@ def evaluate_checkpoint(
     sessions, skipped = encode(test_log, ckpt.item_index)
     n = len(ckpt.item_ids)
     counts = ckpt.item_counts.numpy()
+    watch = probes(ckpt) if probes is not None else None
     res = evaluate_scorer(ckpt.model, sessions, n, counts, batch_size=batch_size,
-                          shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists())
+                          shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists(),
+                          probe=watch)
+    if watch is not None:
+        watch.into(res)
     res["skipped_unknown"] = skipped
     res["model_version"] = ckpt.version
     res["checkpoint"] = str(ckpt_path)
@@ -200,4 +213,4 @@ def evaluate_checkpoint(
     return _finite(res)
 
 
-__all__ = ["KS", "Scorer", "Shaper", "evaluate_checkpoint", "evaluate_scorer", "metrics_from_ranks", "ranks_of"]
+__all__ = ["KS", "Probe", "Scorer", "Shaper", "evaluate_checkpoint", "evaluate_scorer", "metrics_from_ranks", "ranks_of"]

@@ -31,7 +31,7 @@ import torch
 from models.baselines import popularity_tiebreak
 from models.data import ClickLog, DataError, Sessions, write_tsv
 from models.beyond import ListFigures, unit_of
-from models.evaluate import Shaper, ranks_of
+from models.evaluate import Probe, Shaper, ranks_of
 from models.features import ItemAttributes, read_attributes
 
 KS_SEQ: tuple[int, ...] = (5, 10, 20)
@@ -120,7 +120,7 @@ def _targets(data: SequenceSet, holdout: int) -> tuple[np.ndarray, np.ndarray]:
 
 def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = MAX_LEN,
                batch_size: int = 512, candidates: np.ndarray | None = None, shape: Shaper | None = None,
-               figures: ListFigures | None = None) -> tuple[np.ndarray, np.ndarray]:
+               figures: ListFigures | None = None, probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Conservative ranks (U,) of each user's target under full ranking with history exclusion, and the users.
 
     ``candidates`` (N,) bool restricts the ranking to those items (the others
@@ -169,6 +169,8 @@ def score_last(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = M
                 history = [items[max(s, x - max_len):x] for s, x in zip(starts, e)]
                 lists = shape(scores, history) if shape is not None else torch.topk(scores, figures.k, dim=1).indices
                 figures.add(lists, history, target if shape is not None else None)
+            if probe is not None:
+                probe(scores, [items[max(s, x - max_len):x] for s, x in zip(starts, e)], target)
     return ranks, users
 
 
@@ -205,12 +207,13 @@ class PopularityModel:
 
 def evaluate_sequences(model: Any, data: SequenceSet, holdout: int = 1, max_len: int = MAX_LEN,
                        baselines: bool = False, shape: Shaper | None = None,
-                       attributes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                       attributes: tuple[np.ndarray, np.ndarray] | None = None,
+                       probe: Probe | None = None) -> dict[str, Any]:
     """HR/NDCG@5/10/20 on the test (holdout 1) or validation (holdout 2) target, as one JSON-able dict, and
     under "lists" the beyond-accuracy figures of the top-20 lists (through ``shape`` when given)."""
     t0 = time.perf_counter()
     figures = ListFigures(data.counts(holdout), unit_of(model, data.n_items), attributes, 20)
-    ranks, users = score_last(model, data, holdout, max_len, shape=shape, figures=figures)
+    ranks, users = score_last(model, data, holdout, max_len, shape=shape, figures=figures, probe=probe)
     res: dict[str, Any] = hr_ndcg(ranks)
     res["lists"] = figures.result()
     res.update(users=int(len(users)), target="test" if holdout == 1 else "validation", max_len=max_len,
@@ -318,13 +321,8 @@ def train_sequences(
     return model, meta
 
 
-def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: int = 1,
-                                 baselines: bool = False, max_len: int = MAX_LEN,
-                                 shaper: Any = None) -> dict[str, Any]:
-    """``streamrec evaluate CKPT --sequences NAME.txt``: the checkpoint's item ids must cover the file's."""
-    from models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
+def aligned(ckpt: Any, sequences_path: str) -> SequenceSet:
+    """The sequences coded with the checkpoint's item indices; DataError if it lacks some of their items."""
     data = read_sequences(sequences_path)
     if data.item_ids != ckpt.item_ids:
         missing = len(set(data.item_ids) - set(ckpt.item_ids))
@@ -333,13 +331,31 @@ def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: i
         index = ckpt.item_index
         remap = np.asarray([index[s] for s in data.item_ids], dtype=np.int64)
         data = SequenceSet(data.users, ckpt.item_ids, Sessions(remap[data.seqs.items], data.seqs.offsets))
+    return data
+
+
+def evaluate_sequence_checkpoint(ckpt_path: str, sequences_path: str, holdout: int = 1,
+                                 baselines: bool = False, max_len: int = MAX_LEN,
+                                 shaper: Any = None, probes: Any = None) -> dict[str, Any]:
+    """``streamrec evaluate CKPT --sequences NAME.txt``: the checkpoint's item ids must cover the file's.
+
+    ``probes(ckpt, data, holdout)`` builds a probe that watches every prediction and adds its figures to the
+    result (candidate recall, the ranker's order: models/pipeline.py)."""
+    from models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    data = aligned(ckpt, sequences_path)
+    watch = probes(ckpt, data, holdout) if probes is not None else None
     res = evaluate_sequences(ckpt.model, data, holdout, max_len, baselines,
-                             shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists())
+                             shape=shaper(ckpt) if shaper is not None else None, attributes=ckpt.attribute_lists(),
+                             probe=watch)
+    if watch is not None:
+        watch.into(res)
     res.update(model_version=ckpt.version, checkpoint=str(ckpt_path), sequences=str(sequences_path),
                attributes=bool(ckpt.meta.get("attributes")))
     return res
 
 
-__all__ = ["KS_SEQ", "MAX_LEN", "PopularityModel", "SequenceSet", "evaluate_sequence_checkpoint",
+__all__ = ["KS_SEQ", "MAX_LEN", "PopularityModel", "SequenceSet", "aligned", "evaluate_sequence_checkpoint",
            "evaluate_sequences", "hr_ndcg", "prepare_sequences", "read_sequences", "score_last", "to_click_log", "train_sequences",
            "validation_hook"]

@@ -128,7 +128,27 @@ def _fmt_table(res: dict[str, Any]) -> str:
     lines.append(f"coverage@20 {res['coverage@20']:.3f}  popularity@20 {res.get('popularity@20', float('nan')):.3f}  "
                  f"predictions {res['predictions']}  skipped unknown clicks {res['skipped_unknown']}  "
                  f"({res['eval_seconds']:.1f} s)")
-    return "\n".join(lines)
+    return "\n".join(lines + _fmt_pipeline(res))
+
+
+def _fmt_pipeline(res: dict[str, Any]) -> list[str]:
+    """The candidate recall and ranker lines of an evaluation, when it has them."""
+    lines = []
+    rec = res.get("recall")
+    if rec and "error" in rec:
+        lines.append(rec["error"])
+    elif rec:
+        sizes = [k for k in rec if k.startswith("recall@")]
+        shares = ", ".join(f"{k} {v:g}" for k, v in rec["shares"].items() if v)
+        lines.append(f"candidates (network{' + ' + shares if shares else ''}): " + "  ".join(
+            f"{k} {rec[k]:.4f} (exact top {rec['network_exact'][k]:.4f})" for k in sizes))
+    rank = res.get("ranking")
+    if rank:
+        for name in ("ranker", "network"):
+            r = rank[name]
+            lines.append(f"{name + ' order':<14} ndcg@10 {r['ndcg@10']:.4f}  mrr@20 {r['mrr@20']:.4f}  hr@20 {r['hr@20']:.4f}"
+                         f"  (same {rank['recall']['size']} candidates, {rank['candidates_recall']:.4f} recall)")
+    return lines
 
 
 def _fmt_sequences(res: dict[str, Any]) -> str:
@@ -141,7 +161,7 @@ def _fmt_sequences(res: dict[str, Any]) -> str:
         lines.append(f"{name:<12}" + " ".join(f"{r[c]:>9.4f}" for c in cols))
     lines.append(f"{res['target']} target of {res['users']} users ({res['protocol']}, inputs cut to "
                  f"{res['max_len']}; {res['eval_seconds']:.1f} s)")
-    return "\n".join(lines)
+    return "\n".join(lines + _fmt_pipeline(res))
 
 
 def _shaper(args: argparse.Namespace) -> Any:
@@ -162,6 +182,8 @@ def _shaper(args: argparse.Namespace) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """streamrec evaluate CKPT TEST_TSV [--json] [--baselines] [--report DIR], or CKPT --sequences NAME.txt."""
     from models.evaluate import evaluate_checkpoint
+    from models.pipeline import log_probes, sequence_probes
+    from models.recall import RecallConfig
 
     _set_threads(args.threads)
     _one_input(args, "test", "TEST_TSV")
@@ -171,11 +193,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.report:
             raise ValueError("--report reads click logs; it does not take --sequences")
         seq = evaluate_sequence_checkpoint(args.checkpoint, args.sequences, 2 if args.target == "validation" else 1,
-                                           baselines=args.baselines, shaper=_shaper(args))
+                                           baselines=args.baselines, shaper=_shaper(args),
+                                           probes=sequence_probes(RecallConfig.parse(args.recall), args.ranker))
         print(json.dumps(seq) if args.json else _fmt_sequences(seq))
         return 0
     res = evaluate_checkpoint(args.checkpoint, args.test, baselines=args.baselines or bool(args.report),
-                              train_path=args.train, batch_size=args.batch_size, shaper=_shaper(args))
+                              train_path=args.train, batch_size=args.batch_size, shaper=_shaper(args),
+                              probes=log_probes(RecallConfig.parse(args.recall), args.ranker, args.train))
     if args.report:
         from models.report import write_report
 
@@ -183,6 +207,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"report: {page}")
     print(json.dumps(res) if args.json else _fmt_table(res))
+    return 0
+
+
+def cmd_ranker(args: argparse.Namespace) -> int:
+    """streamrec ranker CKPT --valid TSV --out FILE, or CKPT --sequences NAME.txt --out FILE."""
+    from models.pipeline import train_ranker
+    from models.ranker import RankerParams
+    from models.recall import RecallConfig
+
+    _set_threads(args.threads)
+    recall = RecallConfig.parse(args.recall, args.candidates)
+    if recall is None:
+        raise ValueError("the ranker ranks the recall stage's candidates: --recall cannot be off")
+    params = RankerParams(**{k: v for k, v in (("trees", args.trees), ("max_queries", args.max_queries)) if v is not None})
+    meta = train_ranker(args.checkpoint, args.out, valid_path=args.valid, train_path=args.train,
+                        sequences_path=args.sequences, recall=recall, params=params,
+                        log=None if args.json else print)
+    meta["out"] = args.out
+    print(json.dumps(meta) if args.json else f"ranker: {args.out} ({meta['queries']} queries, {meta['seconds']} s); "
+          f"features by gain: {', '.join(f'{k} {v:.3f}' for k, v in list(meta['importance'].items())[:6])}")
     return 0
 
 
@@ -304,6 +348,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--user-hidden", type=int, help="width of the user-level GRU (streamrec longterm)")
 
 
+RECALL_DEFAULT = "covisitation=0.25,attributes=0.1"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the offline sub-commands to the main ``streamrec`` parser."""
     thr = argparse.ArgumentParser(add_help=False)
@@ -344,7 +391,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve the lists through the re-rankers, e.g. mmr=0.2,long_tail=0.1 (also calibration=); "
                         "\"lists\" in the output then has their HR/MRR/NDCG@20 beside the beyond-accuracy figures")
     p.add_argument("--candidates", type=int, default=200, help="with --rerank: candidates re-ranked per list")
+    p.add_argument("--recall", metavar="SPEC", default=RECALL_DEFAULT,
+                   help="candidate sources' shares of the budget, reported as \"recall\" at 100/200/500 against "
+                        "the network's exact top (needs the training clicks); off to skip (default %(default)s)")
+    p.add_argument("--ranker", metavar="FILE", help="a `streamrec ranker` file: \"ranking\" then compares its order "
+                   "with the network's on the same candidates (NDCG@10, MRR@20, HR@20)")
     p.set_defaults(func=_guard(cmd_evaluate))
+
+    p = subparsers.add_parser("ranker", parents=[thr, seq],
+                              help="train the LightGBM lambdarank ranker over the recall stage's candidates")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--valid", metavar="TSV", help="click log the network was not trained on (the ranker learns there)")
+    p.add_argument("--train", metavar="TSV", help="the network's training clicks (co-visitation; default: from the checkpoint)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--recall", metavar="SPEC", default=RECALL_DEFAULT, help="candidate sources' shares (default %(default)s)")
+    p.add_argument("--candidates", type=int, default=200, help="candidates per prediction (default %(default)s)")
+    p.add_argument("--trees", type=int, help="boosting rounds (default 300)")
+    p.add_argument("--max-queries", type=int, help="predictions sampled to learn from (default 20000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_ranker))
 
     p = subparsers.add_parser("report", parents=[thr], help="HTML report with plots")
     p.add_argument("checkpoint", metavar="CKPT")

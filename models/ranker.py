@@ -111,13 +111,13 @@ def _attribute_shares(attributes: tuple[np.ndarray, np.ndarray] | None, history:
     return m.sum(dim=2), (m * p[:, None, :]).sum(dim=2)
 
 
-def features(stats: ItemStats, scores: Tensor, cand: Candidates, history: Sequence[np.ndarray]) -> Tensor:
+def features(stats: ItemStats, cand: Candidates, history: Sequence[np.ndarray]) -> Tensor:
     """The FEATURES (B, C, F) of each row's candidates (module docstring); rows past a short row are junk
     the caller masks with ``cand.valid``."""
     items = cand.items  # (B, C)
     safe = items.clamp(min=0)
     n_rows, n_cand = items.shape
-    s = cand.scores(scores)  # (B, C)
+    s = cand.values  # (B, C)
     best = s.max(dim=1, keepdim=True).values  # (B, 1)
     finite = torch.isfinite(s)
     s0 = torch.where(finite, s, torch.zeros_like(s))
@@ -190,8 +190,8 @@ class Collector:
         if not ok.any():
             return
         rows = torch.nonzero(ok).squeeze(1)
-        cand = Candidates(cand.items[rows], cand.valid[rows], cand.sources[rows])
-        feats = features(self.stats, sc[rows], cand, [hist[i] for i in rows.tolist()])
+        cand = cand.rows(rows)
+        feats = features(self.stats, cand, [hist[i] for i in rows.tolist()])
         label = (cand.items == tg[rows][:, None]).to(torch.int32)
         for r in range(len(rows)):
             v = cand.valid[r]
@@ -232,9 +232,9 @@ class Ranker:
     model_version: str
     meta: dict[str, Any]
 
-    def order(self, scores: Tensor, cand: Candidates, history: Sequence[np.ndarray]) -> Tensor:
+    def order(self, cand: Candidates, history: Sequence[np.ndarray]) -> Tensor:
         """The ranker's score of each candidate (B, C), -inf past a short row."""
-        feats = features(self.stats, scores, cand, history)  # (B, C, F)
+        feats = features(self.stats, cand, history)  # (B, C, F)
         flat = feats.reshape(-1, feats.shape[2]).numpy()
         pred = torch.from_numpy(np.asarray(self.booster.predict(flat, num_threads=torch.get_num_threads()),
                                            dtype=np.float32)).reshape(cand.items.shape)
@@ -304,7 +304,7 @@ class RankingProbe:
         hit = (cand.items == targets[:, None]) & cand.valid  # (B, C)
         found = hit.any(dim=1)
         col = hit.to(torch.int64).argmax(dim=1)  # (B,)
-        for name, value in (("ranker", r.order(scores, cand, history)), ("network", cand.scores(scores))):
+        for name, value in (("ranker", r.order(cand, history)), ("network", cand.values)):
             t = value.gather(1, col[:, None])  # (B, 1)
             pos = (value > t).sum(dim=1) + 1  # ties resolved in the target's favour for both orders alike
             self.pos[name].append(torch.where(found, pos, torch.full_like(pos, 10**9)).numpy())

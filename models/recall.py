@@ -134,20 +134,21 @@ def attribute_neighbours(attributes: tuple[np.ndarray, np.ndarray], counts: np.n
 
 @dataclass(frozen=True)
 class Candidates:
-    """Per row the merged candidates: ``items`` (B, C) long (-1 past a short row), ``valid`` (B, C) bool and
-    ``sources`` (B, C) int: OR of ``SOURCE_BITS`` of the sources the item came from."""
+    """Per row the merged candidates: ``items`` (B, C) long (-1 past a short row), their network ``values``
+    (B, C) (-inf past a short row), ``valid`` (B, C) bool and ``sources`` (B, C) int: OR of ``SOURCE_BITS``
+    of the sources the item came from."""
 
     items: Tensor
+    values: Tensor
     valid: Tensor
     sources: Tensor
-
-    def scores(self, scores: Tensor) -> Tensor:
-        """The candidates' scores (B, C) under full scores (B, N), -inf past a short row."""
-        return scores.gather(1, self.items.clamp(min=0)).masked_fill(~self.valid, -torch.inf)
 
     def contains(self, targets: Tensor) -> Tensor:
         """(B,) bool: the row's target is one of its candidates."""
         return ((self.items == targets[:, None]) & self.valid).any(dim=1)
+
+    def rows(self, rows: Tensor) -> "Candidates":
+        return Candidates(self.items[rows], self.values[rows], self.valid[rows], self.sources[rows])
 
 
 @dataclass(frozen=True)
@@ -185,39 +186,49 @@ class RecallConfig:
 
 def merge(scores: Tensor, last: Tensor, config: RecallConfig, covis: Neighbours | None = None,
           attrs: Neighbours | None = None) -> Candidates:
-    """Each row's ``config.size`` candidates (module docstring): scores (B, N), -inf where an item must not be
-    shown; ``last`` (B,) the session's last item (-1: none)."""
-    n_rows, n_items = scores.shape
-    size = min(config.size, n_items)
-    q_cov, q_att = config.quotas()
-    blocks: list[tuple[str, Tensor]] = []
-    for name, table, quota in (("covisitation", covis, q_cov), ("attributes", attrs, q_att)):
-        if table is not None and quota > 0:
-            blocks.append((name, table.of(last, quota)[0]))
+    """Each row's ``config.size`` candidates (module docstring) under full scores (B, N), -inf where an item
+    must not be shown; ``last`` (B,) the session's last item (-1: none)."""
+    size = min(config.size, scores.shape[1])
     top = torch.topk(scores, size, dim=1)
-    blocks.append(("network", top.indices))
-    cat = torch.cat([b for _, b in blocks], dim=1)  # (B, W) in priority order
-    width = cat.shape[1]
-    ok = (cat >= 0) & (cat < n_items)
-    safe = torch.where(ok, cat, torch.zeros_like(cat))
-    ok &= torch.isfinite(scores.gather(1, safe))
-    keyed = torch.where(ok, cat, n_items + torch.arange(width).expand(n_rows, width))  # bad entries never collide
+    blocks = []
+    for name, items in neighbour_blocks(last, config, covis, attrs):
+        safe = items.clamp(min=0, max=scores.shape[1] - 1)
+        blocks.append((name, items, scores.gather(1, safe).masked_fill(items < 0, -torch.inf)))
+    return merge_scored(blocks + [("network", top.indices, top.values)], size)
+
+
+def neighbour_blocks(last: Tensor, config: RecallConfig, covis: Neighbours | None,
+                     attrs: Neighbours | None) -> list[tuple[str, Tensor]]:
+    """The complementary sources' items (B, quota) for the last items (B,), in priority order."""
+    q_cov, q_att = config.quotas()
+    return [(name, table.of(last, quota)[0]) for name, table, quota in
+            (("covisitation", covis, q_cov), ("attributes", attrs, q_att)) if table is not None and quota > 0]
+
+
+def merge_scored(blocks: Sequence[tuple[str, Tensor, Tensor]], size: int) -> Candidates:
+    """The first ``size`` distinct items of each row over ``blocks`` (name, items (B, m), values (B, m)) in
+    priority order; an entry with item -1 or a value of -inf never counts. Every kept item gets the bits of
+    all blocks it is in."""
+    cat = torch.cat([b[1] for b in blocks], dim=1)  # (B, W)
+    val = torch.cat([b[2] for b in blocks], dim=1)  # (B, W)
+    n_rows, width = cat.shape
+    ok = (cat >= 0) & torch.isfinite(val)
+    keyed = torch.where(ok, cat, cat.max().clamp(min=0) + 1 + torch.arange(width).expand(n_rows, width))  # never collide
     srt, perm = torch.sort(keyed, dim=1, stable=True)
     dup = torch.zeros_like(ok)
     dup.scatter_(1, perm[:, 1:], srt[:, 1:] == srt[:, :-1])  # a later copy of an item already taken
     ok &= ~dup
     ok &= torch.cumsum(ok.to(torch.int32), dim=1) <= size
     order = torch.sort((~ok).to(torch.int32) * width + torch.arange(width), dim=1).indices[:, :size]  # kept first
-    items = torch.where(ok, cat, torch.full_like(cat, -1)).gather(1, order)  # (B, size)
-    valid = items >= 0
+    valid = ok.gather(1, order)
+    items = cat.gather(1, order).masked_fill(~valid, -1)  # (B, size)
+    values = val.gather(1, order).masked_fill(~valid, -torch.inf)
     sources = torch.zeros_like(items)
-    kth = top.values[:, -1:]  # (B, 1) the network's lowest score in its own top
-    safe_items = items.clamp(min=0)
-    sources |= torch.where(valid & (scores.gather(1, safe_items) >= kth), SOURCE_BITS["network"], 0)
-    for name, block in blocks[:-1]:
-        inside = (items[:, :, None] == block[:, None, :]).any(dim=2) & valid  # (B, size)
+    for name, block, bval in blocks:
+        good = (block >= 0) & torch.isfinite(bval)
+        inside = ((items[:, :, None] == block[:, None, :]) & good[:, None, :]).any(dim=2) & valid  # (B, size)
         sources |= torch.where(inside, SOURCE_BITS[name], 0)
-    return Candidates(items, valid, sources)
+    return Candidates(items, values, valid, sources)
 
 
 class RecallProbe:
@@ -253,4 +264,5 @@ class RecallProbe:
 
 
 __all__ = ["Candidates", "Neighbours", "RECALL_SIZES", "RecallConfig", "RecallProbe", "SOURCES", "SOURCE_BITS",
-           "WIDTH", "WINDOW", "attribute_neighbours", "covisitation", "merge", "top_rows"]
+           "WIDTH", "WINDOW", "attribute_neighbours", "covisitation", "merge", "merge_scored", "neighbour_blocks",
+           "top_rows"]

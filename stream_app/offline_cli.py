@@ -168,15 +168,72 @@ def _shaper(args: argparse.Namespace) -> Any:
     """--rerank as a factory of the offline list pipeline (stream_app/core/rerank.py), or None."""
     if not args.rerank:
         return None
-    from stream_app.core.rerank import ItemFacts, parse_strengths, shaper
+    from stream_app.core.rerank import parse_strengths
 
-    strengths = parse_strengths(args.rerank)
+    return _shaper_of(parse_strengths(args.rerank), args.candidates)
+
+
+def _shaper_of(strengths: Any, candidates: int) -> Callable[[Any], Any]:
+    """The factory ``build(ckpt) -> Shaper`` of the offline list pipeline at these Strengths (all 0: the top 20
+    of the ``candidates`` by score, in score order)."""
+    from stream_app.core.rerank import ItemFacts, shaper
 
     def build(ckpt: Any) -> Any:
         facts = ItemFacts.build(ckpt.model.out_emb, ckpt.item_counts.numpy(), ckpt.attribute_lists())
-        return shaper(facts, strengths, 20, args.candidates)
+        return shaper(facts, strengths, 20, candidates)
 
     return build
+
+
+TRADEOFF_SETTINGS = ("mmr", "calibration", "long_tail")
+
+
+def _strength_grid(spec: str) -> list[float]:
+    """--strengths ``0,0.1,0.3`` as sorted distinct floats, 0 always first; ValueError naming what is wrong."""
+    from stream_app.core.rerank import Strengths
+
+    try:
+        grid = sorted({0.0, *(float(p) for p in spec.split(",") if p.strip())})
+    except ValueError:
+        raise ValueError(f"--strengths takes comma-separated numbers, got {spec!r}") from None
+    try:
+        for s in grid:
+            Strengths(mmr=s)  # each in [0, 1)
+    except ValueError as e:
+        raise ValueError(f"--strengths: {e}") from None
+    return grid
+
+
+def _tradeoff(args: argparse.Namespace) -> dict[str, Any]:
+    """Each re-ranking setting alone at each --strengths value: the shaped lists' figures as plain points.
+
+    Strength 0 is one run through the pipeline with every strength 0 (the accuracy-only top 20, measured
+    the same way as the others) and is every setting's first point."""
+    from models.checkpoint import load_checkpoint
+    from models.evaluate import evaluate_checkpoint
+    from stream_app.core.rerank import Strengths
+
+    grid = _strength_grid(args.strengths)
+    notes = [f"each list is the top {args.candidates} items by score re-ranked to 20 with one setting on"]
+    settings = list(TRADEOFF_SETTINGS)
+    if load_checkpoint(args.checkpoint).attribute_lists() is None:
+        settings.remove("calibration")
+        notes.append("calibration skipped: the checkpoint has no item attributes")
+
+    def measure(setting: str, strength: float) -> dict[str, Any]:
+        res = evaluate_checkpoint(args.checkpoint, args.test,
+                                  shaper=_shaper_of(Strengths(**{setting: strength}), args.candidates))
+        label = f"{setting}={strength:g}" if strength else "top 20 by score"
+        print(f"tradeoff {label}: HR@20 {res['lists']['hr@20']:.4f}  coverage@20 "
+              f"{res['lists']['coverage@20']:.3f}  ({res['eval_seconds']:.1f} s)", file=sys.stderr, flush=True)
+        return {"setting": setting, "strength": strength, **res["lists"], "eval_seconds": res["eval_seconds"]}
+
+    base = measure(settings[0], 0.0)
+    points = []
+    for setting in settings:
+        points.append({**base, "setting": setting})
+        points.extend(measure(setting, s) for s in grid[1:])
+    return {"points": points, "notes": notes}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -231,11 +288,12 @@ def cmd_ranker(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """streamrec report CKPT TEST_TSV --out DIR."""
+    """streamrec report CKPT TEST_TSV --out DIR [--tradeoff [--strengths LIST] [--candidates C]]."""
     from models.report import write_report
 
     _set_threads(args.threads)
-    print(f"report: {write_report(args.checkpoint, args.test, args.out, train_path=args.train)}")
+    tradeoff = _tradeoff(args) if args.tradeoff else None
+    print(f"report: {write_report(args.checkpoint, args.test, args.out, train_path=args.train, tradeoff=tradeoff)}")
     return 0
 
 
@@ -416,6 +474,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("test", metavar="TEST_TSV")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--train", metavar="TSV")
+    p.add_argument("--tradeoff", action="store_true",
+                   help="also plot HR@20 against coverage@20 and intra-list diversity as each re-ranker's strength "
+                        "varies (mmr, long_tail, and calibration for a checkpoint with item attributes): "
+                        "tradeoff_*.png, a table and tradeoff.json; reads click logs (TEST_TSV), not --sequences")
+    p.add_argument("--strengths", default="0,0.1,0.2,0.3,0.5", metavar="LIST",
+                   help="with --tradeoff: the strengths each setting is run at; 0 (top 20 by score) is always "
+                        "run, once (default %(default)s)")
+    p.add_argument("--candidates", type=int, default=200, help="with --tradeoff: candidates re-ranked per list")
     p.set_defaults(func=_guard(cmd_report))
 
     p = subparsers.add_parser("prepare", parents=[seq],

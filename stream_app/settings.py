@@ -109,6 +109,9 @@ class ModelSettings(BaseModel):
                                     "tail, Abdollahpouri et al. 2019); 0 = off")
     candidates: int = Field(200, ge=1, le=10000, description="candidates re-ranked per list when a re-ranker is on, "
                             "and the pool the also-like list is drawn from")
+    ranker: str = Field("", description="a `streamrec ranker` file trained for this checkpoint: the network's "
+                        "candidates plus co-visitation and attribute neighbours of the click, ordered by the learned "
+                        "ranker (LightGBM lambdarank); empty = off")
     also_k: int = Field(0, ge=0, le=1000, description="items of the sampled \"you may also like\" list published "
                         "in each record (also_like); 0 = none")
     also_temperature: float = Field(1.0, gt=0, description="softmax temperature of the also-like draw")

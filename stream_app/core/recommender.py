@@ -18,12 +18,14 @@ from typing import Any, Collection, Protocol, Sequence
 import numpy as np
 import torch
 
+from models.ranker import Ranker as LearnedRanker
 from stream_app.core.catalogue import Applied, Catalogue, ItemRecord
 from stream_app.core.profiles import ProfileRecord, Profiles
 from stream_app.core.similar import UserIndex, VectorRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
 from stream_app.core.explore import sample_lists
+from stream_app.core.candidates import recall_and_rank, with_new_items
 from stream_app.core.rerank import ItemFacts, Strengths, rerank_lists
 from stream_app.core.shaping import cap_per_group
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
@@ -179,6 +181,7 @@ class Recommender:
         attributes: tuple[Any, ...] | None = None,
         excluded: tuple[Collection[int], Collection[str]] = ((), ()),
         profile_vocabulary: Sequence[str] = (),
+        pipeline: LearnedRanker | None = None,
     ) -> None:
         self.model = model
         # long-term users (models/users.py): the user-level GRU folds a finished session in at the gap
@@ -220,7 +223,17 @@ class Recommender:
         if policy.also_k > 0:  # the also-like list is drawn from the candidates
             self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
         self._also: list[tuple[list[int], list[float]]] = []  # the last ``_rank``'s sampled lists
-        self.stages = ("score",) + (("cap",) if policy.max_per_attribute > 0 else ()) + policy.rerank.names()
+        # recall sources and the learned ranker (stream_app/core/candidates.py), from a `streamrec ranker` file
+        self.pipeline = pipeline
+        self._base_pipeline = pipeline
+        self._off = torch.zeros(self.n_base, dtype=torch.bool)  # trained items not to serve (the recall's extras)
+        if pipeline is not None:
+            self._fetch = max(self._fetch, min(self.n_base, pipeline.recall.size))
+            self._refresh_off()
+        self.stages = (("score",) + (("recall", "ranker") if pipeline is not None else ())
+                       + (("cap",) if policy.max_per_attribute > 0 else ()) + policy.rerank.names())
+        # a popularity list has no network candidates to recall around and rank
+        self._popular_stages = ("popularity",) + tuple(s for s in self.stages[1:] if s not in ("recall", "ranker"))
         self.stage_seconds: dict[str, float] = {}  # per stage, the last ``process`` call's time (for the metrics)
         self._rank_popular()
 
@@ -245,11 +258,20 @@ class Recommender:
             self.item_ids.append(self.catalogue.new_ids[i - self.n_base])
         if done.added and self._base_facts is not None:
             self.facts = self._base_facts.extended(self.catalogue.new_out)
+        if done.added and self._base_pipeline is not None:
+            self.pipeline = with_new_items(self._base_pipeline, self.catalogue.new_out)
         if done.blocked or done.unblocked:
+            self._refresh_off()
             self.ranker.set_blocked(done.blocked, True)
             self.ranker.set_blocked(done.unblocked, False)
             self._rank_popular()
         return done
+
+    def _refresh_off(self) -> None:
+        off = self.catalogue.blocked | self.catalogue.excluded
+        self._off = torch.zeros(self.n_base, dtype=torch.bool)
+        if off:
+            self._off[torch.tensor(sorted(off), dtype=torch.long)] = True
 
     def apply_profiles(self, records: Sequence[ProfileRecord]) -> None:
         """Profile records in (between batches, like the catalogue): used from each user's next click."""
@@ -338,7 +360,7 @@ class Recommender:
                 click_ts=inc.click.ts,
                 produced_ts=now,
                 replayed=plan.replayed,
-                stages=self.stages if plan.action is not Action.POPULAR else ("popularity",) + self.stages[1:],
+                stages=self.stages if plan.action is not Action.POPULAR else self._popular_stages,
                 also=tuple(self.item_ids[j] for j in self._also[i][0]) if self._also else (),
                 also_p=tuple(self._also[i][1]) if self._also else (),
             )
@@ -467,10 +489,22 @@ class Recommender:
                                       [p.action is Action.POPULAR for p in plans])
             t2 = time.perf_counter()
             self.stage_seconds["also_like"], t1 = t2 - t1, t2
+        history = [np.asarray(((p.start.recent if p.start is not None else ())
+                               + ((p.item,) if p.item is not None else ())), dtype=np.int64) for p in plans
+                   ] if self.pipeline is not None or self.facts is not None else []
+        if self.pipeline is not None and model_rows:  # recall sources + the learned ranker (core/candidates.py)
+            with torch.inference_mode():
+                ranked_v, ranked_i, seconds = recall_and_rank(
+                    self.pipeline, queries, self.model.out_emb, self.model.out_bias,
+                    [values[r] for r in model_rows], [indices[r] for r in model_rows],
+                    [plans[r].item if plans[r].item is not None else -1 for r in model_rows], rows_ex, self._off,
+                    [history[r] for r in model_rows])
+            for j, r in enumerate(model_rows):
+                values[r], indices[r] = ranked_v[j], ranked_i[j]
+            self.stage_seconds.update(seconds)
+            t1 = time.perf_counter()
         cap = self.policy.max_per_attribute
         if self.facts is not None:  # re-ranked candidates (stream_app/core/rerank.py), a few k kept for the cap
-            history = [np.asarray(((p.start.recent if p.start is not None else ())
-                                   + ((p.item,) if p.item is not None else ())), dtype=np.int64) for p in plans]
             values, indices = rerank_lists(values, indices, min(self._fetch, 4 * self.k) if cap > 0 else self.k,
                                            self.policy.rerank, self.facts, history)
             t2 = time.perf_counter()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from models.beyond import CALIBRATION_ALPHA, attribute_mix, head_tail, unit_rows
+from stream_app.core.candidates import padded
 
 
 @dataclass(frozen=True)
@@ -179,15 +180,9 @@ def rerank(values: torch.Tensor, items: torch.Tensor, k: int, strengths: Strengt
 def rerank_lists(values: Sequence[Sequence[float]], indices: Sequence[Sequence[int]], k: int, strengths: Strengths,
                  facts: ItemFacts, history: Sequence[np.ndarray]) -> tuple[list[list[float]], list[list[int]]]:
     """:func:`rerank` for ragged Python lists (the worker's candidate lists), padded and cut back."""
-    width = max((len(v) for v in values), default=0)
-    if width == 0:
+    if max((len(v) for v in values), default=0) == 0:
         return [list(v) for v in values], [list(i) for i in indices]
-    val = torch.full((len(values), width), -math.inf)
-    idx = torch.zeros((len(values), width), dtype=torch.long)
-    for r, (v, i) in enumerate(zip(values, indices)):
-        if v:
-            val[r, : len(v)] = torch.tensor(v, dtype=torch.float32)
-            idx[r, : len(i)] = torch.tensor(i, dtype=torch.long)
+    val, idx = padded(values, indices)
     out_v, out_i, ok = rerank(val, idx, k, strengths, facts, history)
     counts = ok.sum(dim=1).tolist()
     return ([row[:n] for row, n in zip(out_v.tolist(), counts)], [row[:n] for row, n in zip(out_i.tolist(), counts)])

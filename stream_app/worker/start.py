@@ -63,7 +63,15 @@ def load_recommender(settings: Settings) -> tuple[Recommender, Any]:
         raise ModelLoadError("STREAMREC_MODEL__RERANK_CALIBRATION needs a checkpoint trained with --item-attributes")
     if m.max_per_attribute and attributes_of(ckpt) is None:
         raise ModelLoadError("STREAMREC_MODEL__MAX_PER_ATTRIBUTE needs a checkpoint trained with --item-attributes")
-    rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy,
+    pipeline = None
+    if m.ranker:
+        from models.ranker import RankerError, load_ranker
+
+        try:
+            pipeline = load_ranker(m.ranker, ckpt)
+        except RankerError as exc:
+            raise ModelLoadError(f"STREAMREC_MODEL__RANKER: {exc}") from exc
+    rec = Recommender(ckpt.model, ckpt.item_ids, counts, ckpt.version, policy, pipeline=pipeline,
                       ranker=ranker_for(settings, ckpt.model, ckpt.version),
                       attributes=attributes_of(ckpt, m.new_item_scale), excluded=excluded_by(ckpt, m.excluded_attributes),
                       profile_vocabulary=[str(a) for a in ckpt.meta.get("profile_attributes") or ()])

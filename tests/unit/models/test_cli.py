@@ -47,6 +47,39 @@ def test_train_evaluate_report(tmp_path: Path, cyclic_tsv: Path, cyclic_test_tsv
         assert (tmp_path / "rep" / f).stat().st_size > 0
 
 
+@pytest.mark.parametrize("attributes", [False, True])
+def test_report_tradeoff(tmp_path: Path, cyclic_tsv: Path, cyclic_test_tsv: Path, capsys: pytest.CaptureFixture[str],
+                         attributes: bool) -> None:
+    ckpt = tmp_path / "m.pt"
+    extra = []
+    if attributes:  # two attribute groups: even and odd item ids
+        (tmp_path / "attrs.json").write_text(json.dumps({str(1000 + i): [i % 2] for i in range(12)}))
+        extra = ["--item-attributes", str(tmp_path / "attrs.json")]
+    assert run(["train", str(cyclic_tsv), "--out", str(ckpt), "--epochs", "1", "--hidden", "8", "--batch-size", "8",
+                "--negatives", "4", "--threads", "1", "--quiet", *extra]) == 0
+    rep = tmp_path / "rep"
+    assert run(["report", str(ckpt), str(cyclic_test_tsv), "--out", str(rep), "--tradeoff", "--strengths", "0,0.3",
+                "--candidates", "10"]) == 0
+    for f in ("tradeoff_coverage.png", "tradeoff_ild.png", "index.html", "recall_at_k.png"):
+        assert (rep / f).stat().st_size > 0
+    data = json.loads((rep / "tradeoff.json").read_text())
+    points = data["points"]
+    settings = ["mmr", "calibration", "long_tail"] if attributes else ["mmr", "long_tail"]
+    assert [(p["setting"], p["strength"]) for p in points] == [(s, v) for s in settings for v in (0.0, 0.3)]
+    page = (rep / "index.html").read_text()
+    assert "tradeoff_ild.png" in page and "tail share@20" in page
+    # without item attributes calibration is skipped, and the page says so
+    assert ("calibration skipped" in page) == (not attributes)
+    assert any("calibration skipped" in n for n in data["notes"]) == (not attributes)
+    zero = [{k: v for k, v in p.items() if k != "setting"} for p in points if p["strength"] == 0]
+    assert len(zero) == len(settings) and all(z == zero[0] for z in zero)  # one accuracy-only run, every curve's start
+    for p in points:
+        assert 0.0 <= p["hr@20"] <= 1.0 and 0.0 < p["coverage@20"] <= 1.0 and p["ild@20"] is not None
+        assert (p["miscalibration@20"] is not None) == attributes
+    assert run(["report", str(ckpt), str(cyclic_test_tsv), "--out", str(rep), "--tradeoff", "--strengths", "1.2"]) == 2
+    assert "--strengths" in capsys.readouterr().err
+
+
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_text("garbage")

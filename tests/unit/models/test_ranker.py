@@ -41,7 +41,7 @@ def test_features_read_the_tables_and_the_history() -> None:
     scores, history, targets = batch(1, b=4)
     history[0] = np.array([5, int(history[0][0])])
     cand = merge(scores, torch.tensor([int(h[-1]) for h in history]), RecallConfig(10, 0.3, 0.0), stats.covis)
-    f = features(stats, scores, cand, history)
+    f = features(stats, cand, history)
     assert f.shape == (4, 10, len(FEATURES))
     col = {name: f[..., i] for i, name in enumerate(FEATURES)}
     for r in range(4):

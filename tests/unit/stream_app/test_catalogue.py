@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -249,19 +251,27 @@ def test_a_bad_catalogue_file_says_why(tmp_path) -> None:  # type: ignore[no-unt
         list(catalogue_messages(tmp_path / "missing.jsonl"))
 
 
-def test_rerankers_and_also_like_serve_new_catalogue_items() -> None:
+def test_rerankers_and_also_like_serve_new_catalogue_items(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     from stream_app.core.rerank import Strengths
+    from tests.unit.stream_app.tiny_ranker import tiny_ranker
 
     net = network()
     attrs = ItemAttributes.build([str(i) for i in range(N)], ATTRS)
     spec = (attrs.names, net.new_item_vectors, (net.attr_out.flat, net.attr_out.offsets))
-    rec = Recommender(net.folded(), [str(i) for i in range(N)], np.arange(N, 0, -1, dtype=np.float32), "v1",
+    served = net.folded()
+    counts = np.arange(N, 0, -1, dtype=np.float32)
+    pipeline, _ = tiny_ranker(SimpleNamespace(version="v1", model=served, attribute_lists=lambda: None), served,
+                              counts, tmp_path / "r.pt", size=N + 5)
+    rec = Recommender(served, [str(i) for i in range(N)], counts, "v1",
                       Policy(k=N, rerank=Strengths(mmr=0.3, calibration=0.2, long_tail=0.2), candidates=N + 5,
-                             also_k=N, max_per_attribute=N), attributes=spec)  # type: ignore[arg-type]
+                             also_k=N, max_per_attribute=N), attributes=spec, pipeline=pipeline)  # type: ignore[arg-type]
     rec.apply_catalogue([ItemRecord("new", ("c1", "b2"))])
     assert rec.facts is not None and rec.facts.n_items == N + 1 and bool(rec.facts.tail[N])
-    got, blob = click(rec, "new", 0)  # a click on the new item: every other item re-ranked
-    assert got.stages == ("score", "cap", "mmr", "calibration", "long_tail")
+    assert rec.pipeline is not None and rec.pipeline.stats.unit.shape[0] == N + 1  # the new item has its vector
+    got, blob = click(rec, "new", 0)  # a click on the new item: every other item ranked and re-ranked
+    assert got.stages == ("score", "recall", "ranker", "cap", "mmr", "calibration", "long_tail")
     assert sorted(got.items) == sorted(str(i) for i in range(N)) and set(got.also) == set(got.items)
     again, _ = click(rec, "3", 1, blob)
     assert "new" not in again.items and "3" not in again.items and len(again.items) == N - 1  # recent: out

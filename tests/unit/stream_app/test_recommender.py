@@ -221,3 +221,49 @@ def test_also_like_is_a_seeded_draw_with_its_probabilities(ckpt) -> None:
     assert "also_like" in b.to_dict() and b.from_json(b.to_json()).also == b.also
     cold = also.process([inc("w", "nope", 1.0, 9)], now=1.0)[0].recommendation
     assert cold.strategy == "popularity" and len(cold.also) == 6
+
+
+def test_recall_and_ranker_stages_equal_the_offline_pipeline(ckpt, tmp_path: Path) -> None:
+    from models.recall import merge
+    from tests.unit.stream_app.tiny_ranker import tiny_ranker
+
+    counts = np.asarray(ckpt.item_counts, dtype=np.float64)
+    pipeline, covis = tiny_ranker(ckpt, ckpt.model, counts, tmp_path / "r.pt")
+    recall = pipeline.recall
+    rec = Recommender(ckpt.model, ckpt.item_ids, counts.astype(np.float32), ckpt.version, Policy(k=5),
+                      pipeline=pipeline)
+    assert rec.stages == ("score", "recall", "ranker")
+    store: dict[str, bytes] = {}
+    for off, j in enumerate((3, 4, 5)):
+        out = rec.process([inc("u", f"i{j}", float(off), off, store.get("u"))], now=float(off))[0]
+        store["u"] = out.state_blob
+    got = out.recommendation
+    assert got.stages == ("score", "recall", "ranker") and {"score", "recall", "ranker"} <= set(rec.stage_seconds)
+    with torch.inference_mode():  # the same list offline: full scores, the history masked, merge, ranker order
+        q = ckpt.model.output_vector(torch.from_numpy(decode(out.state_blob).hidden)[None])
+        scores = q @ ckpt.model.out_emb.t() + ckpt.model.out_bias
+        history = np.array([3, 4, 5])
+        scores[0, torch.from_numpy(history)] = -torch.inf
+        cand = merge(scores, torch.tensor([5]), recall, covis, None)
+        order = pipeline.order(cand, [history])
+    best = cand.items[0][torch.argsort(order[0], descending=True, stable=True)][:5].tolist()
+    assert list(got.items) == [ckpt.item_ids[i] for i in best]
+    assert [round(s, 4) for s in got.scores] == [round(float(v), 4) for v in torch.sort(order[0], descending=True).values[:5]]
+    # the last item's neighbours are candidates (network's top or not), unless the user just clicked them
+    assert {int(i) for i in covis.index[5]} - {3, 4, 5} <= set(cand.items[0].tolist())
+
+
+def test_the_ranker_setting_loads_its_file_or_says_why(small_checkpoint: Path, tmp_path: Path) -> None:
+    from stream_app.errors import ModelLoadError
+    from stream_app.settings import Settings
+    from stream_app.worker.start import load_recommender
+    from tests.unit.stream_app.tiny_ranker import tiny_ranker
+
+    ck = load_checkpoint(small_checkpoint)
+    tiny_ranker(ck, ck.model, np.asarray(ck.item_counts), tmp_path / "r.pt")
+    rec, _ = load_recommender(Settings(model={"path": str(small_checkpoint), "ranker": str(tmp_path / "r.pt")}))
+    assert rec.pipeline is not None and rec.stages[:3] == ("score", "recall", "ranker")
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    for path, why in ((tmp_path / "bad.pt", "cannot read ranker"), (tmp_path / "none.pt", "ranker not found")):
+        with pytest.raises(ModelLoadError, match=f"STREAMREC_MODEL__RANKER: {why}"):
+            load_recommender(Settings(model={"path": str(small_checkpoint), "ranker": str(path)}))

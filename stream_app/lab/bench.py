@@ -252,12 +252,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_worker_only(args: argparse.Namespace) -> int:
-    """(b) alone on diginetica clicks, at full speed or ``--rate``; optional py-spy profile of the worker."""
-    import urllib.request
+    """(b) alone on diginetica clicks, at full speed or ``--rate``; optional py-spy profile of the worker.
 
+    With ``--against``, (b) runs twice on the same broker and clicks, first with the ``--set`` settings
+    (the baseline), then with the ``--against`` ones on top, and the last line holds both and their ratios."""
     from stream_app.brokers import local_broker
     from stream_app.settings import Settings
-    from stream_app.worker.topics import ensure_topics
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -265,35 +265,51 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
     model = ensure_diginetica_model(data, work, args.model)
     msgs = diginetica_clicks(data, args.worker_only)
     with local_broker(Settings(), args.broker) as (_broker, base):
-        s = fresh_settings(base, model, work, parse_overrides(args.set))
-        ensure_topics(s)
-        child = Child("worker", s, work)
-        child.start()
-        try:
-            spy = None
-            stacks = work / "profile.txt"
-            if args.profile_s:
-                stacks.unlink(missing_ok=True)
-                venv_spy = Path(sys.executable).with_name("py-spy")
-                spy = subprocess.Popen([str(venv_spy) if venv_spy.exists() else "py-spy", "record", "-f", "raw", "-r", "200", "-d", str(max(1, round(args.profile_s))),
-                                        "-o", str(stacks), "--pid", str(child.pid)])
-            cpu0 = cpu_seconds(child.pid)
-            n = send(s, s.topics.clicks, msgs, rate=args.rate)
-            got = wait_for(s.kafka.bootstrap_servers, s.topics.recommendations, n, 600, child.alive,
-                           worker=child.worker if s.worker.exactly_once else None)
-            cpu = cpu_seconds(child.pid) - cpu0
-            metrics = urllib.request.urlopen(child.worker.base_url + "/metrics").read().decode()
-            batches = [ln for ln in metrics.splitlines() if ln.startswith("streamrec_batch_size_")
-                       and ("_sum" in ln or "_count" in ln)]
-            if spy is not None:
-                spy.wait()
-        finally:
-            child.stop()
-        lat, first_in, last_out = latencies_ms(asyncio.run(_read_all(s.kafka.bootstrap_servers,
-                                                                     s.topics.recommendations)))
+        out = _worker_only_run(args, base, model, work, msgs, args.set)
+        if args.against:
+            other = _worker_only_run(args, base, model, work, msgs, args.set + args.against)
+            out = {"baseline": out, "against": other, "ratios": {
+                "events_per_s": round(other["events_per_s"] / max(out["events_per_s"], 1e-9), 3),
+                "cpu_s_per_1k": round(other["cpu_s_per_1k"] / max(out["cpu_s_per_1k"], 1e-9), 3)}}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def _worker_only_run(args: argparse.Namespace, base: Any, model: Path, work: Path, msgs: Any,
+                     overrides: list[str]) -> dict[str, Any]:
+    import urllib.request
+
+    from stream_app.worker.topics import ensure_topics
+
+    s = fresh_settings(base, model, work, parse_overrides(overrides))
+    ensure_topics(s)
+    child = Child("worker", s, work)
+    child.start()
+    try:
+        spy = None
+        stacks = work / "profile.txt"
+        if args.profile_s:
+            stacks.unlink(missing_ok=True)
+            venv_spy = Path(sys.executable).with_name("py-spy")
+            spy = subprocess.Popen([str(venv_spy) if venv_spy.exists() else "py-spy", "record", "-f", "raw", "-r", "200", "-d", str(max(1, round(args.profile_s))),
+                                    "-o", str(stacks), "--pid", str(child.pid)])
+        cpu0 = cpu_seconds(child.pid)
+        n = send(s, s.topics.clicks, msgs, rate=args.rate)
+        got = wait_for(s.kafka.bootstrap_servers, s.topics.recommendations, n, 600, child.alive,
+                       worker=child.worker if s.worker.exactly_once else None)
+        cpu = cpu_seconds(child.pid) - cpu0
+        metrics = urllib.request.urlopen(child.worker.base_url + "/metrics").read().decode()
+        batches = [ln for ln in metrics.splitlines() if ln.startswith("streamrec_batch_size_")
+                   and ("_sum" in ln or "_count" in ln)]
+        if spy is not None:
+            spy.wait()
+    finally:
+        child.stop()
+    lat, first_in, last_out = latencies_ms(asyncio.run(_read_all(s.kafka.bootstrap_servers,
+                                                                 s.topics.recommendations)))
     out = {"events": got, "events_per_s": round(got / max(1e-3, (last_out - first_in) / 1000.0), 1),
            "cpu_s_per_1k": round(cpu / max(1, got) * 1000, 3), "rate": args.rate, **percentiles(lat),
-           "batch_metrics": batches, "overrides": args.set}
+           "batch_metrics": batches, "overrides": overrides}
     if args.profile_s and stacks.exists():
         from stream_app.lab.profile import format_summary, summarize
 
@@ -301,8 +317,10 @@ def cmd_worker_only(args: argparse.Namespace) -> int:
         print(f"py-spy, {sum(c for _, c, _ in rows)} samples of the worker ({stacks}):", flush=True)
         print(format_summary(rows), flush=True)
         out["profile"] = [{"part": p, "samples": c, "share": round(sh, 4)} for p, c, sh in rows]
-    print(json.dumps(out), flush=True)
-    return 0
+    if not args.against:
+        return out
+    print(json.dumps(out), flush=True)  # each run's own line; the last line holds both and the ratios
+    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -326,6 +344,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="with --worker-only: clicks/s (0: as fast as possible)")
     p.add_argument("--set", action="append", default=[], metavar="GROUP.NAME=VALUE",
                    help="with --worker-only: a setting, e.g. model.index=ann or worker.batch_max=64")
+    p.add_argument("--against", action="append", default=[], metavar="GROUP.NAME=VALUE",
+                   help="with --worker-only: run (b) again with these settings on top and print the ratios "
+                        "(e.g. model.ranker=FILE: the pipeline on against off)")
     p.add_argument("--profile-s", type=float, default=0.0,
                    help="with --worker-only: py-spy the worker for this long (raw stacks in WORK_DIR/profile.txt)")
     p.set_defaults(func=lambda args: cmd_worker_only(args) if args.worker_only else cmd_bench(args))

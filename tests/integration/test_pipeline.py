@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from stream_app.lab.harness import TopicReader, WorkerProcess, dead_letter_reasons, parse_metrics, recommendations
 from stream_app.core.recommender import Incoming
 from stream_app.core.records import Click, Source
@@ -93,6 +95,19 @@ def test_rerankers_and_also_like_exact_over_tcp(settings: Settings) -> None:
     _exact_lists(settings.model_copy(update={"model": model}), ("mmr", "long_tail"))
 
 
+def test_recall_and_ranker_exact_over_tcp(settings: Settings, tmp_path: Path) -> None:
+    """With a ranker file (and MMR after it), the worker's model lists are the core's: the network's candidates
+    plus the click's co-visitation neighbours, in the learned ranker's order, with its scores."""
+    from models.checkpoint import load_checkpoint
+    from tests.unit.stream_app.tiny_ranker import tiny_ranker
+
+    ck = load_checkpoint(settings.model.path)
+    tiny_ranker(ck, ck.model, np.asarray(ck.item_counts), tmp_path / "ranker.pt", size=40)
+    model = settings.model.model_copy(update={"ranker": str(tmp_path / "ranker.pt"), "rerank_mmr": 0.2,
+                                              "candidates": 40})
+    _exact_lists(settings.model_copy(update={"model": model}), ("recall", "ranker", "mmr"))
+
+
 def _exact_lists(settings: Settings, rerankers: tuple[str, ...] = ()) -> None:
     clicks = [click("alice", "i1", 100.0), click("bob", "i7", 101.0), click("alice", "i2", 102.0),
               click("carol", "nope", 103.0), click("alice", "i3", 5000.0)]  # last one: after the 30 min gap
@@ -111,7 +126,9 @@ def _exact_lists(settings: Settings, rerankers: tuple[str, ...] = ()) -> None:
         got = by_source[(part, off)]
         assert got.user_id == c.user_id and got.items == out.recommendation.items
         assert got.strategy == out.recommendation.strategy
-        assert got.stages == out.recommendation.stages and got.stages[1:] == rerankers
+        assert got.stages == out.recommendation.stages
+        assert got.stages[1:] == tuple(st for st in rerankers if got.strategy == "model" or st not in ("recall", "ranker"))
+        assert all(abs(a - b) < 1e-5 for a, b in zip(got.scores, out.recommendation.scores))
         assert got.also == out.recommendation.also and len(got.also) == settings.model.also_k
         assert all(abs(a - b) < 1e-6 for a, b in zip(got.also_p, out.recommendation.also_p))
         assert len(got.items) == 20 and b["item_id"] not in got.items

@@ -231,6 +231,7 @@ class Ranker:
     stats: ItemStats
     model_version: str
     meta: dict[str, Any]
+    version: str = ""  # the first 12 hex of the booster text's sha256
 
     def order(self, cand: Candidates, history: Sequence[np.ndarray]) -> Tensor:
         """The ranker's score of each candidate (B, C), -inf past a short row."""
@@ -286,7 +287,10 @@ def load_ranker(path: str | os.PathLike[str], ckpt: Any) -> Ranker:
     attrs = Neighbours.from_data(data["attribute_neighbours"]) if data["attribute_neighbours"] is not None else None
     stats = ItemStats(data["log_pop"], data["log_recent"], unit_rows(ckpt.model.out_emb), covis, attrs,
                       ckpt.attribute_lists())
-    return Ranker(booster, RecallConfig(**data["recall"]), stats, data["model_version"], dict(data["meta"]))
+    import hashlib
+
+    return Ranker(booster, RecallConfig(**data["recall"]), stats, data["model_version"], dict(data["meta"]),
+                  hashlib.sha256(data["booster"].encode()).hexdigest()[:12])
 
 
 class RankingProbe:

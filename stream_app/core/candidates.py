@@ -23,7 +23,7 @@ import torch
 
 from models.beyond import unit_rows
 from models.ranker import Ranker
-from models.recall import merge_scored, neighbour_blocks
+from models.recall import SOURCE_BITS, merge_scored, neighbour_blocks
 
 
 def padded(values: Sequence[Sequence[float]], indices: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,9 +61,10 @@ def with_new_items(ranker: Ranker, new_out: torch.Tensor) -> Ranker:
 def recall_and_rank(ranker: Ranker, queries: torch.Tensor, out_emb: torch.Tensor, out_bias: torch.Tensor | None,
                     values: Sequence[Sequence[float]], indices: Sequence[Sequence[int]], last: Sequence[int],
                     excluded: Sequence[Collection[int]], off: torch.Tensor, history: Sequence[np.ndarray]
-                    ) -> tuple[list[list[float]], list[list[int]], dict[str, float]]:
-    """Each row's candidates in the ranker's order with its scores, and the seconds of the ``recall`` and
-    ``ranker`` stages (module docstring).
+                    ) -> tuple[list[list[float]], list[list[int]], list[dict[int, int]], dict[str, float]]:
+    """Each row's candidates in the ranker's order with its scores, each candidate's source bits
+    (models.recall.SOURCE_BITS) per row, and the seconds of the ``recall`` and ``ranker`` stages
+    (module docstring).
 
     ``queries`` (B, H) are the rows' network queries, ``values``/``indices`` the network's top per row,
     ``last`` the click's item per row (-1: none), ``off`` (N,) bool the trained items not to serve."""
@@ -85,9 +86,16 @@ def recall_and_rank(ranker: Ranker, queries: torch.Tensor, out_emb: torch.Tensor
     best = torch.sort(order, dim=1, descending=True, stable=True)
     items = cand.items.gather(1, best.indices)
     counts = torch.isfinite(best.values).sum(dim=1).tolist()
-    return ([row[:n] for row, n in zip(best.values.tolist(), counts)],
-            [row[:n] for row, n in zip(items.tolist(), counts)],
+    lists = [row[:n] for row, n in zip(items.tolist(), counts)]
+    bits = cand.sources.gather(1, best.indices).tolist()
+    return ([row[:n] for row, n in zip(best.values.tolist(), counts)], lists,
+            [dict(zip(row, b)) for row, b in zip(lists, bits)],
             {"recall": t1 - t0, "ranker": time.perf_counter() - t1})
 
 
-__all__ = ["excluded_mask", "padded", "recall_and_rank", "with_new_items"]
+def source_names(bits: int) -> str:
+    """``network+covisitation`` for the bits of models.recall.SOURCE_BITS."""
+    return "+".join(name for name, bit in SOURCE_BITS.items() if bits & bit)
+
+
+__all__ = ["excluded_mask", "padded", "recall_and_rank", "source_names", "with_new_items"]

@@ -10,6 +10,7 @@ n-th click of each user going to wave n, and each wave is one batched step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import enum
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from stream_app.core.similar import UserIndex, VectorRecord
 from stream_app.core.ranking import ExactRanker, Ranker, TopK, merge_top_k
 from stream_app.core.records import Click, Recommendation, Source
 from stream_app.core.explore import sample_lists
-from stream_app.core.candidates import recall_and_rank, with_new_items
+from stream_app.core.candidates import recall_and_rank, source_names, with_new_items
 from stream_app.core.rerank import ItemFacts, Strengths, rerank_lists
 from stream_app.core.shaping import cap_per_group
 from stream_app.core.state import StateDecodeError, UserState, decode, encode
@@ -223,6 +224,7 @@ class Recommender:
         if policy.also_k > 0:  # the also-like list is drawn from the candidates
             self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
         self._also: list[tuple[list[int], list[float]]] = []  # the last ``_rank``'s sampled lists
+        self._sources: list[dict[int, int]] = []  # the last ``_rank``'s candidate sources per row (with a ranker)
         # recall sources and the learned ranker (stream_app/core/candidates.py), from a `streamrec ranker` file
         self.pipeline = pipeline
         self._base_pipeline = pipeline
@@ -232,6 +234,10 @@ class Recommender:
             self._refresh_off()
         self.stages = (("score",) + (("recall", "ranker") if pipeline is not None else ())
                        + (("cap",) if policy.max_per_attribute > 0 else ()) + policy.rerank.names())
+        # the serving policy's id in every record: whatever shapes the lists, so a learner can group its logs
+        self.policy_id = hashlib.sha256(repr((policy, self.stages, model_version, self.k,
+                                              pipeline.version if pipeline is not None else None)).encode()
+                                        ).hexdigest()[:12]
         # a popularity list has no network candidates to recall around and rank
         self._popular_stages = ("popularity",) + tuple(s for s in self.stages[1:] if s not in ("recall", "ranker"))
         self.stage_seconds: dict[str, float] = {}  # per stage, the last ``process`` call's time (for the metrics)
@@ -363,6 +369,9 @@ class Recommender:
                 stages=self.stages if plan.action is not Action.POPULAR else self._popular_stages,
                 also=tuple(self.item_ids[j] for j in self._also[i][0]) if self._also else (),
                 also_p=tuple(self._also[i][1]) if self._also else (),
+                policy_id=self.policy_id,
+                sources=tuple(source_names(self._sources[i].get(j, 0)) for j in items)
+                if self._sources and self._sources[i] else (),
             )
             state = states[i]
             blob = None
@@ -448,6 +457,7 @@ class Recommender:
         popularity for the rest."""
         t0 = time.perf_counter()
         n_rows = len(plans)
+        self._sources = []
         values: list[list[float]] = [[] for _ in range(n_rows)]
         indices: list[list[int]] = [[] for _ in range(n_rows)]
         exclude = [self._excluded(p) for p in plans]
@@ -494,13 +504,15 @@ class Recommender:
                    ] if self.pipeline is not None or self.facts is not None else []
         if self.pipeline is not None and model_rows:  # recall sources + the learned ranker (core/candidates.py)
             with torch.inference_mode():
-                ranked_v, ranked_i, seconds = recall_and_rank(
+                ranked_v, ranked_i, bits, seconds = recall_and_rank(
                     self.pipeline, queries, self.model.out_emb, self.model.out_bias,
                     [values[r] for r in model_rows], [indices[r] for r in model_rows],
                     [plans[r].item if plans[r].item is not None else -1 for r in model_rows], rows_ex, self._off,
                     [history[r] for r in model_rows])
+            self._sources = [{} for _ in range(n_rows)]
             for j, r in enumerate(model_rows):
                 values[r], indices[r] = ranked_v[j], ranked_i[j]
+                self._sources[r] = bits[j]
             self.stage_seconds.update(seconds)
             t1 = time.perf_counter()
         cap = self.policy.max_per_attribute

@@ -55,6 +55,8 @@ class Recommendation:
     stages: tuple[str, ...] = ()  # what made the list: score (or popularity), then cap, mmr, calibration, long_tail
     also: tuple[str, ...] = ()  # the sampled "you may also like" list (stream_app/core/explore.py), when on
     also_p: tuple[float, ...] = ()  # each one's single-draw probability under the sampling softmax
+    policy_id: str = ""  # the serving policy: a hash of every setting that shapes lists (stream_app/core/recommender.py)
+    sources: tuple[str, ...] = ()  # with the recall stage on: per item, the candidate sources it came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,10 @@ class Recommendation:
             "produced_ts": self.produced_ts,
             "replayed": self.replayed,
             "stages": list(self.stages),
+            # what off-policy learning needs: who served the list, and that its items were shown for sure
+            **({"policy": {"id": self.policy_id, "version": self.model_version, "shown": "deterministic"}}
+               if self.policy_id else {}),
+            **({"sources": list(self.sources)} if self.sources else {}),
             **({"also_like": {"items": list(self.also), "p": [round(p, 8) for p in self.also_p]}} if self.also else {}),
         }
 
@@ -98,4 +104,6 @@ class Recommendation:
             stages=tuple(d.get("stages", ())),
             also=tuple((d.get("also_like") or {}).get("items", ())),
             also_p=tuple((d.get("also_like") or {}).get("p", ())),
+            policy_id=str((d.get("policy") or {}).get("id", "")),
+            sources=tuple(d.get("sources", ())),
         )

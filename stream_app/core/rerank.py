@@ -19,7 +19,11 @@ built greedily, position by position, for every row of the micro-batch at once
 - Long tail: the head is the 20 % most clicked items of the training data (the
   first vertical line of Abdollahpouri et al.'s Figure 1), every other item and
   every item added later is tail; P(tail | user) is the tail share of the
-  history, smoothed towards one half.
+  history, smoothed towards one half, and never below one half: a user whose
+  history is mostly head is served balanced lists, one who lives in the tail gets
+  more of it, so the term never pulls a list towards the head (the purely
+  personalised P of Abdollahpouri et al. did that on every set measured, whose
+  networks already list more tail than their users click: docs/quality.md).
 """
 
 from __future__ import annotations
@@ -96,11 +100,16 @@ def _csr(attributes: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndar
     return offsets, flat
 
 
+TAIL_FLOOR = 0.5  # P(tail | user) never below: the long-tail term never favours the head
+
+
 def tail_preference(facts: ItemFacts, history: Sequence[np.ndarray]) -> torch.Tensor:
-    """P(tail | user) (B,): the history's tail share, smoothed by one head and one tail pseudo-click."""
+    """P(tail | user) (B,): the history's tail share, smoothed by one head and one tail pseudo-click, at least
+    ``TAIL_FLOOR``."""
     tail = facts.tail
-    return torch.tensor([(float(tail[torch.as_tensor(h, dtype=torch.long)].sum()) + 1.0) / (len(h) + 2.0)
-                         if len(h) else 0.5 for h in history], dtype=torch.float32)
+    share = torch.tensor([(float(tail[torch.as_tensor(h, dtype=torch.long)].sum()) + 1.0) / (len(h) + 2.0)
+                          if len(h) else 0.5 for h in history], dtype=torch.float32)
+    return share.clamp(min=TAIL_FLOOR)
 
 
 def rerank(values: torch.Tensor, items: torch.Tensor, k: int, strengths: Strengths, facts: ItemFacts,

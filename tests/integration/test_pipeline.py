@@ -129,6 +129,8 @@ def _exact_lists(settings: Settings, rerankers: tuple[str, ...] = ()) -> None:
         assert got.stages == out.recommendation.stages
         assert got.stages[1:] == tuple(st for st in rerankers if got.strategy == "model" or st not in ("recall", "ranker"))
         assert all(abs(a - b) < 1e-5 for a, b in zip(got.scores, out.recommendation.scores))
+        assert got.sources == out.recommendation.sources and got.policy_id == out.recommendation.policy_id != ""
+        assert bool(got.sources) == (got.strategy == "model" and "recall" in rerankers)
         assert got.also == out.recommendation.also and len(got.also) == settings.model.also_k
         assert all(abs(a - b) < 1e-6 for a, b in zip(got.also_p, out.recommendation.also_p))
         assert len(got.items) == 20 and b["item_id"] not in got.items

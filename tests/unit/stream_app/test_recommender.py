@@ -239,6 +239,15 @@ def test_recall_and_ranker_stages_equal_the_offline_pipeline(ckpt, tmp_path: Pat
         store["u"] = out.state_blob
     got = out.recommendation
     assert got.stages == ("score", "recall", "ranker") and {"score", "recall", "ranker"} <= set(rec.stage_seconds)
+    assert len(got.sources) == len(got.items) and all(s and set(s.split("+")) <= {"network", "covisitation"}
+                                                       for s in got.sources)
+    body = got.to_dict()
+    assert body["policy"] == {"id": rec.policy_id, "version": ckpt.version, "shown": "deterministic"}
+    assert got.from_json(got.to_json()).sources == got.sources and got.from_json(got.to_json()).policy_id == rec.policy_id
+    plain = make_rec(ckpt, k=5)
+    assert plain.policy_id == make_rec(ckpt, k=5).policy_id != rec.policy_id != make_rec(ckpt, k=6).policy_id
+    cold = rec.process([inc("w", "nope", 1.0, 99)], now=1.0)[0].recommendation
+    assert cold.strategy == "popularity" and cold.stages == ("popularity",) and cold.sources == ()
     with torch.inference_mode():  # the same list offline: full scores, the history masked, merge, ranker order
         q = ckpt.model.output_vector(torch.from_numpy(decode(out.state_blob).hidden)[None])
         scores = q @ ckpt.model.out_emb.t() + ckpt.model.out_bias

@@ -52,6 +52,12 @@ def test_long_tail_brings_tail_items_in_for_a_tail_user() -> None:
     plain = rerank(values, items, 8, Strengths(), facts, history)[1]
     shaped = rerank(values, items, 8, Strengths(long_tail=0.5), facts, history)[1]
     assert int(facts.tail[plain].sum()) == 0 < int(facts.tail[shaped].sum())
+    head_user = [np.array([0, 1, 2, 3, 4, 5])]  # a user of the head is served balanced lists, not pulled to the head
+    from stream_app.core.rerank import tail_preference
+
+    assert tail_preference(facts, head_user).tolist() == [0.5] and abs(float(tail_preference(facts, history)[0]) - 5 / 6) < 1e-6
+    balanced = rerank(values, items, 8, Strengths(long_tail=0.5), facts, head_user)[1]
+    assert 0 < int(facts.tail[balanced].sum()) <= int(facts.tail[shaped].sum())
 
 
 def test_calibration_matches_the_history_mix() -> None:

@@ -109,6 +109,9 @@ class ModelSettings(BaseModel):
                                     "tail, Abdollahpouri et al. 2019); 0 = off")
     candidates: int = Field(200, ge=1, le=10000, description="candidates re-ranked per list when a re-ranker is on, "
                             "and the pool the also-like list is drawn from")
+    watch_s: float = Field(0.0, ge=0, description="seconds between checks of the checkpoint file: a new version "
+                           "is swapped in without a restart, each user's state carried over on the user's next "
+                           "click; 0 = off")
     ranker: str = Field("", description="a `streamrec ranker` file trained for this checkpoint: the network's "
                         "candidates plus co-visitation and attribute neighbours of the click, ordered by the learned "
                         "ranker (LightGBM lambdarank); empty = off")

@@ -235,7 +235,12 @@ def rows() -> list[tuple[str, list[tuple[dict[str, Any], int, int]]]]:
             (timeseries("State resets and replayed clicks", [
                 target(f"sum by (reason) (rate(streamrec_state_resets_total{{{SEL}}}[{RATE}]))", "reset: {{reason}}"),
                 target(f"sum(rate(streamrec_replayed_clicks_total{{{SEL}}}[{RATE}]))", "replayed (skipped)"),
+                target(f"sum(rate(streamrec_states_carried_total{{{SEL}}}[{RATE}]))", "carried into a new model"),
             ], unit="reqps"), 8, 8),
+            (timeseries("Model swaps", [
+                target(f"sum by (outcome) (increase(streamrec_model_swaps_total{{{SEL}}}[{RATE}]))", "{{outcome}}"),
+            ], description="New checkpoints seen by STREAMREC_MODEL__WATCH_S: swapped in without a restart, or "
+                           "failed to load (the old model keeps serving; the worker's log says why)."), 8, 8),
         ]),
         ("Catalogue", [
             (timeseries("Catalogue items by state", [

@@ -104,8 +104,10 @@ class Outcome:
     user_vector: np.ndarray | None = None  # the long-term part, when this click changed it (a session gap)
 
 
-def load_prior(blob: bytes | None, model_version: str) -> tuple[UserState | None, str | None]:
-    """Decode a stored blob; undecodable or other-model states are dropped with a reason."""
+def load_prior(blob: bytes | None, model_version: str,
+               carried: Collection[str] = ()) -> tuple[UserState | None, str | None]:
+    """Decode a stored blob; undecodable or other-model states are dropped with a reason, except those of a
+    model this one replaced (``carried``), returned with the reason "carried" for :meth:`Recommender.carry_states`."""
     if blob is None:
         return None, None
     try:
@@ -113,7 +115,7 @@ def load_prior(blob: bytes | None, model_version: str) -> tuple[UserState | None
     except StateDecodeError:
         return None, "undecodable"
     if state.model_version != model_version:
-        return None, "model_version"
+        return (state, "carried") if state.model_version in carried else (None, "model_version")
     return state, None
 
 
@@ -225,6 +227,8 @@ class Recommender:
             self._fetch = max(self._fetch, min(self.n_base, policy.candidates))
         self._also: list[tuple[list[int], list[float]]] = []  # the last ``_rank``'s sampled lists
         self._sources: list[dict[int, int]] = []  # the last ``_rank``'s candidate sources per row (with a ranker)
+        self.lineage: dict[str, list[str]] = {}  # replaced models' versions -> their trained item ids (hot swap)
+        self.carried_last = 0  # states carried over from a replaced model in the last ``process`` call
         # recall sources and the learned ranker (stream_app/core/candidates.py), from a `streamrec ranker` file
         self.pipeline = pipeline
         self._base_pipeline = pipeline
@@ -273,6 +277,53 @@ class Recommender:
             self._rank_popular()
         return done
 
+    def adopt(self, previous: "Recommender") -> None:
+        """Take over from the model this one replaces (a hot swap): its users' states are carried into this
+        model on their next click (:meth:`carry_states`) instead of being reset; so are states of the models
+        it had replaced itself."""
+        self.lineage = {**previous.lineage, previous.model_version: list(previous.item_ids[: previous.n_base])}
+        self.lineage.pop(self.model_version, None)
+
+    def carry_states(self, states: Sequence[UserState]) -> list[UserState]:
+        """States written by a replaced model, carried into this one: the recent and served items mapped by
+        item id (items this model does not know are left out), and the session state rebuilt by running the
+        recent items through this network from the start of a session, all users in one batched pass. The
+        user-level (long-term) part cannot be carried between two networks and starts again."""
+        mapped = []
+        for st in states:
+            old_ids = self.lineage[st.model_version]
+
+            def remap(seq: Sequence[int], old_ids: list[str] = old_ids) -> tuple[int, ...]:
+                out: list[int] = []
+                for i in seq:
+                    j = self.catalogue.from_state((i,)) if i < 0 else (
+                        (self.catalogue.index_of(old_ids[i]),) if i < len(old_ids) else ())
+                    out.extend(x for x in j if x is not None)
+                return tuple(out)
+
+            mapped.append((remap(st.recent), remap(st.served)))
+        rows = [r for r, (st, (recent, _)) in enumerate(zip(states, mapped)) if st.hidden is not None and recent]
+        hidden: dict[int, np.ndarray] = {}
+        if rows:
+            t_max = max(len(mapped[r][0]) for r in rows)
+            mat = torch.zeros((t_max, len(rows)), dtype=torch.long)
+            live = torch.zeros((t_max, len(rows), 1), dtype=torch.bool)
+            for j, r in enumerate(rows):  # right-aligned: a short history starts later
+                seq = mapped[r][0]
+                mat[t_max - len(seq):, j] = torch.tensor(seq, dtype=torch.long)
+                live[t_max - len(seq):, j] = True
+            with torch.inference_mode():
+                h = torch.zeros((len(rows), self.model.state_size))  # (B, S) a session's start
+                if self.user_width:
+                    h = self.model.session_start(torch.zeros(len(rows), self.user_width))  # type: ignore[attr-defined]
+                for t in range(t_max):
+                    new, _ = self.model.advance(h, self._inputs(mat[t]))  # (B, S)
+                    h = torch.where(live[t], new, h)
+            hidden = {r: h[j].numpy().copy() for j, r in enumerate(rows)}
+        return [dataclasses.replace(st, model_version=self.model_version, hidden=hidden.get(r), recent=recent,
+                                    served=served, user=None)
+                for r, (st, (recent, served)) in enumerate(zip(states, mapped))]
+
     def _refresh_off(self) -> None:
         off = self.catalogue.blocked | self.catalogue.excluded
         self._off = torch.zeros(self.n_base, dtype=torch.bool)
@@ -307,13 +358,20 @@ class Recommender:
             waves[n].append(i)
 
         current: dict[str, tuple[UserState | None, str | None]] = {}
+        carried: list[str] = []
         for inc in batch:
             if inc.click.user_id not in current:
-                prior, reason = load_prior(inc.state_blob, self.model_version)
-                if prior is not None and min(prior.recent + prior.served, default=0) < 0:  # new items, by code
+                prior, reason = load_prior(inc.state_blob, self.model_version, self.lineage)
+                if reason == "carried":
+                    carried.append(inc.click.user_id)
+                elif prior is not None and min(prior.recent + prior.served, default=0) < 0:  # new items, by code
                     prior = dataclasses.replace(prior, recent=self.catalogue.from_state(prior.recent),
                                                 served=self.catalogue.from_state(prior.served))
                 current[inc.click.user_id] = (prior, reason)
+        self.carried_last = len(carried)
+        if carried:  # states of the model this one replaced: carried over, not reset (hot swap)
+            for user, state in zip(carried, self.carry_states([current[u][0] for u in carried])):  # type: ignore[misc]
+                current[user] = (state, None)
 
         n_rows = len(batch)
         plans: list[Plan] = [None] * n_rows  # type: ignore[list-item]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
@@ -17,7 +18,7 @@ from stream_app.worker.app import Wiring
 from stream_app.worker.batching import DeliveryAcks, keep_queue_on_resume, take_available
 from stream_app.worker.catalogue import attach_catalogue
 from stream_app.worker.produce import Record
-from stream_app.errors import InvalidClick
+from stream_app.errors import InvalidClick, ModelLoadError
 from stream_app.worker.metrics import Metrics
 from stream_app.core.recommender import Incoming, Recommender
 from stream_app.core.records import (
@@ -38,8 +39,10 @@ log = logging.getLogger("streamrec.agents")
 class Shell:
     """Owns the per-batch I/O around ``Recommender.process`` and the worker's health."""
 
-    def __init__(self, wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> None:
+    def __init__(self, wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings,
+                 loader: Callable[[Settings], tuple[Recommender, Any]] | None = None) -> None:
         self.w = wiring
+        self.loader = loader  # loads the checkpoint the settings name (stream_app.worker.start.load_recommender)
         self.rec = recommender
         self.m = metrics
         self.s = settings
@@ -51,7 +54,41 @@ class Shell:
         self._users_counted = 0.0
         self.acks: DeliveryAcks | None = None
         self.outbox = wiring.outbox
-        self.catalogue, self.profiles = attach_catalogue(wiring.app, recommender, metrics, settings)  # items, users
+        self.catalogue, self.profiles, self.vectors = attach_catalogue(wiring.app, recommender, metrics, settings)
+        self._model_seen = _file_signature(settings.model.path)  # hot swap: the checkpoint file as loaded
+
+    # -- hot swap (STREAMREC_MODEL__WATCH_S) -----------------------------------
+
+    async def check_model(self) -> None:
+        """Load the checkpoint file again when it changed; swap it in between two batches, or keep the old
+        model serving with one error line when it cannot be used."""
+        seen = _file_signature(self.s.model.path)
+        if seen is None or seen == self._model_seen:
+            return
+        self._model_seen = seen
+        if self.loader is None:
+            return
+        try:
+            rec, ckpt = await asyncio.get_running_loop().run_in_executor(None, self.loader, self.s)
+        except ModelLoadError as exc:
+            self.m.model_swaps.labels("failed").inc()
+            log.error("the new checkpoint is not used, model %s keeps serving: %s", self.rec.model_version, exc)
+            return
+        if rec.model_version == self.rec.model_version:
+            return
+        old = self.rec.model_version
+        self.swap(rec)
+        self.m.serving(ckpt)
+        self.m.model_swaps.labels("swapped").inc()
+        log.info("model %s swapped in for %s: each user's state is carried over on the user's next click",
+                 rec.model_version, old)
+
+    def swap(self, rec: Recommender) -> None:
+        """Serve ``rec`` from the next batch on (the core is single-threaded: no batch sees both models)."""
+        rec.adopt(self.rec)
+        for reader in (self.catalogue, self.profiles, self.vectors):
+            reader.handover(rec)
+        self.rec = rec
 
     # -- the per-batch path --------------------------------------------------
 
@@ -176,6 +213,8 @@ class Shell:
             outcomes = self.rec.process([inc for _, inc in valid], now)
             for stage, seconds in self.rec.stage_seconds.items():
                 self.m.stage.labels(stage).observe(seconds)
+            if self.rec.carried_last:
+                self.m.states_carried.inc(self.rec.carried_last)
             return outcomes
         except Exception:  # noqa: BLE001 - isolate the click that trips the bug
             log.exception("core failed on a batch of %d clicks; retrying them one by one", len(valid))
@@ -368,10 +407,21 @@ class Shell:
         }
 
 
-def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings) -> Shell:
-    """Register the agent, the timers and the HTTP pages on the app."""
+def _file_signature(path: str) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings: Settings,
+           loader: Callable[[Settings], tuple[Recommender, Any]] | None = None) -> Shell:
+    """Register the agent, the timers and the HTTP pages on the app; ``loader`` loads a new checkpoint for the
+    hot swap (STREAMREC_MODEL__WATCH_S)."""
     app = wiring.app
-    shell = Shell(wiring, recommender, metrics, settings)
+    shell = Shell(wiring, recommender, metrics, settings, loader)
     w = settings.worker
 
     @app.agent(wiring.clicks, name="streamrec.process_clicks")
@@ -400,6 +450,11 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     async def refresh_gauges() -> None:
         shell.update_gauges()
         shell.check_stalled()
+
+    if settings.model.watch_s > 0:
+        @app.timer(interval=settings.model.watch_s)
+        async def watch_model() -> None:
+            await shell.check_model()
 
     ttl = settings.session.state_ttl_s
     if ttl > 0:
@@ -439,7 +494,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         ok = shell.ready()
-        return web.json({"ready": ok, "model_version": recommender.model_version}, status=200 if ok else 503)
+        return web.json({"ready": ok, "model_version": shell.rec.model_version}, status=200 if ok else 503)
 
     @app.page("/users/{user_id}/similar")
     @requires_token(w.api_token.get_secret_value())  # user data: behind the token when one is set
@@ -450,7 +505,7 @@ def attach(wiring: Wiring, recommender: Recommender, metrics: Metrics, settings:
             k = 0
         if not 1 <= k <= 1000:
             return web.json({"error": "k must be an integer from 1 to 1000"}, status=400)
-        found = recommender.user_index.similar(user_id, k)  # every partition's users: the topic is read whole
+        found = shell.rec.user_index.similar(user_id, k)  # every partition's users: the topic is read whole
         if found is None:
             return web.json({"error": "no vector for this user (a session-aware model writes one at the user's "
                                       "first session gap)", "user_id": user_id}, status=404)

@@ -55,6 +55,7 @@ class CatalogueReader:
 
     def __init__(self, recommender: Recommender, metrics: Metrics, settings: Settings) -> None:
         self.rec = recommender
+        self.latest: dict[str, Any] = {}  # key -> its latest valid record
         self.m = metrics
         self.s = settings
         self.topic = settings.topics.items
@@ -76,6 +77,16 @@ class CatalogueReader:
 
     def apply(self, records: list[Any]) -> Any:
         return self.rec.apply_catalogue(records)
+
+    def key_of(self, record: Any) -> str:
+        return str(record.item_id)
+
+    def handover(self, recommender: Recommender) -> None:
+        """A model swapped in: it serves from now on, with every record read so far applied to it."""
+        self.rec = recommender
+        if self.latest:
+            self.apply(list(self.latest.values()))
+        self.update_gauge()
 
     def applied_log(self) -> str:
         return str(self.rec.catalogue.counts())
@@ -148,6 +159,8 @@ class CatalogueReader:
                 await self._dead_letter(r, error, producer)
         if not good:
             return
+        for _, item in good:  # the latest record per key: what a model swapped in later is handed (handover)
+            self.latest[self.key_of(item)] = item
         try:
             done = [self.apply([item for _, item in good])]
             applied = len(good)
@@ -204,6 +217,9 @@ class ProfileReader(CatalogueReader):
     def apply(self, records: list[Any]) -> Any:
         return self.rec.apply_profiles(records)
 
+    def key_of(self, record: Any) -> str:
+        return str(record.user_id)
+
     def applied_log(self) -> str:
         return f"{len(self.rec.profiles.codes)} users with a profile"
 
@@ -236,7 +252,7 @@ class VectorReader(ProfileReader):
 
 
 def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
-                     settings: Settings) -> tuple[CatalogueReader, ProfileReader]:
+                     settings: Settings) -> tuple[CatalogueReader, ProfileReader, VectorReader]:
     """The readers as tasks of the app (every worker runs them), ``GET /catalogue`` (counts by state)
     and ``GET /profiles``."""
     reader = CatalogueReader(recommender, metrics, settings)
@@ -258,14 +274,14 @@ def attach_catalogue(app: Any, recommender: Recommender, metrics: Metrics,
     @app.page("/profiles")
     async def profiles_page(web: Any, request: Any) -> Any:
         return web.json({"topic": profiles.topic, "caught_up": profiles.caught_up.is_set(),
-                         "records_applied": profiles.applied, "users": len(recommender.profiles.codes),
-                         "unknown_attributes": recommender.profiles.unknown,
-                         "used_by_the_model": recommender.fuses_profiles})
+                         "records_applied": profiles.applied, "users": len(profiles.rec.profiles.codes),
+                         "unknown_attributes": profiles.rec.profiles.unknown,
+                         "used_by_the_model": profiles.rec.fuses_profiles})
 
     @app.page("/catalogue")
     async def catalogue_page(web: Any, request: Any) -> Any:
         return web.json({"topic": reader.topic, "caught_up": reader.caught_up.is_set(),
-                         "records_applied": reader.applied, "items": recommender.catalogue.counts()})
+                         "records_applied": reader.applied, "items": reader.rec.catalogue.counts()})
 
     del read_catalogue, catalogue_page, read_profiles, profiles_page, read_vectors
-    return reader, profiles
+    return reader, profiles, vectors

@@ -6,6 +6,7 @@ Base units (seconds, bytes, totals); no user or item ids as labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -36,6 +37,8 @@ class Metrics:
     online_hits: Counter
     online_rr: Counter
     model_info: Gauge
+    model_swaps: Counter
+    states_carried: Counter
     lag_messages: Gauge
     lag_seconds: Gauge
     ready: Gauge
@@ -50,6 +53,13 @@ class Metrics:
     user_vector_records: Counter
     user_vectors: Gauge
     short_lists: Counter
+
+    def serving(self, ckpt: Any) -> None:
+        """``streamrec_model_info`` names the model being served (one series: a swapped-out model's is removed)."""
+        cfg = getattr(ckpt.model, "config", None)
+        self.model_info.clear()
+        self.model_info.labels(ckpt.version, str(getattr(cfg, "cell", "gru")),
+                               str(getattr(cfg, "hidden", ckpt.model.state_size)), str(len(ckpt.item_ids))).set(1)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
@@ -91,6 +101,10 @@ class Metrics:
                               "Sum of 1/rank of next clicks in the served top 20", registry=r),
             model_info=Gauge("streamrec_model_info", "The model being served",
                              ["version", "cell", "hidden", "items"], registry=r),
+            model_swaps=Counter("streamrec_model_swaps", "New checkpoints seen by STREAMREC_MODEL__WATCH_S: "
+                                "swapped in, or failed to load (the old model keeps serving)", ["outcome"], registry=r),
+            states_carried=Counter("streamrec_states_carried", "User states of a replaced model carried into the "
+                                   "new one on the user's next click (hot swap)", registry=r),
             lag_messages=Gauge("streamrec_consumer_lag_messages",
                                "Clicks not yet read, from the Fetch high watermark", ["partition"], registry=r),
             lag_seconds=Gauge("streamrec_consumer_lag_seconds",

@@ -407,18 +407,12 @@ def run(settings: Settings) -> int:
         check_access(settings)
     Path(settings.worker.data_dir).mkdir(parents=True, exist_ok=True)
     metrics = Metrics.create(new_registry())
-    cfg = getattr(ckpt.model, "config", None)
-    metrics.model_info.labels(
-        ckpt.version,
-        str(getattr(cfg, "cell", "gru")),
-        str(getattr(cfg, "hidden", ckpt.model.state_size)),
-        str(len(ckpt.item_ids)),
-    ).set(1)
+    metrics.serving(ckpt)
     wiring = build(settings)
     tabledir = Path(wiring.app.conf.tabledir)
     if settings.worker.exactly_once:
         prepare_state_dir(tabledir)
-    shell = attach(wiring, recommender, metrics, settings)
+    shell = attach(wiring, recommender, metrics, settings, loader=load_recommender)
     refusal = _stop_on_refused_delivery(wiring, shell, settings)
     print(
         f"streamrec worker: model {ckpt.version} ({len(ckpt.item_ids)} items), "

@@ -38,6 +38,8 @@ WORKER_METRICS: dict[str, Metric] = {
     "streamrec_online_hits_at_20_total": _m("counter"),
     "streamrec_online_reciprocal_rank_at_20_total": _m("counter"),
     "streamrec_model_info": _m("gauge", "version", "cell", "hidden", "items"),
+    "streamrec_model_swaps_total": _m("counter", "outcome"),  # swapped | failed
+    "streamrec_states_carried_total": _m("counter"),
     "streamrec_consumer_lag_messages": _m("gauge", "partition"),
     "streamrec_consumer_lag_seconds": _m("gauge"),
     "streamrec_ready": _m("gauge"),

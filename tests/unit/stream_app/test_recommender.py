@@ -276,3 +276,35 @@ def test_the_ranker_setting_loads_its_file_or_says_why(small_checkpoint: Path, t
     for path, why in ((tmp_path / "bad.pt", "cannot read ranker"), (tmp_path / "none.pt", "ranker not found")):
         with pytest.raises(ModelLoadError, match=f"STREAMREC_MODEL__RANKER: {why}"):
             load_recommender(Settings(model={"path": str(small_checkpoint), "ranker": str(path)}))
+
+
+def test_a_replacing_model_carries_users_over_instead_of_resetting(ckpt, tmp_path: Path) -> None:
+    from models.checkpoint import save_checkpoint
+    from models.rnn import ModelConfig, build_model
+
+    old = make_rec(ckpt, k=5)
+    store = run_seq(old, [("u", "i3", 1.0), ("u", "i4", 2.0), ("u", "i5", 3.0)])
+    # the next model knows the items in another order, and not i4
+    ids = [f"i{j}" for j in range(49, -1, -1) if j != 4]
+    save_checkpoint(tmp_path / "new.pt", build_model(ModelConfig(n_items=len(ids), hidden=16), seed=3).eval(), ids,
+                    list(range(len(ids), 0, -1)), {})
+    new_ck = load_checkpoint(tmp_path / "new.pt")
+    fresh = make_rec(new_ck, k=5)
+    reset = fresh.process([inc("u", "i6", 4.0, 3, store["u"])], now=4.0)[0]
+    assert reset.reset_reason == "model_version"  # without the lineage: a reset, as for any foreign state
+    swapped = make_rec(new_ck, k=5)
+    swapped.adopt(old)
+    out = swapped.process([inc("u", "i6", 4.0, 3, store["u"])], now=4.0)[0]
+    assert out.reset_reason is None and swapped.carried_last == 1
+    state = decode(out.state_blob)
+    assert state.model_version == new_ck.version
+    assert [new_ck.item_ids[i] for i in state.recent] == ["i3", "i5", "i6"]  # mapped by id; i4 is unknown there
+    # the carried state is the new network run over the known recent items, then this click
+    with torch.inference_mode():
+        h = torch.zeros(1, new_ck.model.state_size)
+        for item in ("i3", "i5", "i6"):
+            h, _ = new_ck.model.advance(h, new_ck.model.input_table()[[new_ck.item_index[item]]])
+    assert np.allclose(state.hidden, h[0].numpy(), atol=1e-6)
+    assert out.recommendation.model_version == new_ck.version and out.recommendation.strategy == "model"
+    again = swapped.process([inc("u", "i7", 5.0, 4, out.state_blob)], now=5.0)[0]
+    assert again.reset_reason is None and swapped.carried_last == 0  # carried once, then it is this model's

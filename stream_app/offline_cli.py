@@ -378,6 +378,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt_simulation(res: dict[str, Any]) -> str:
+    """``streamrec simulate`` without --json: the setting, the two learned policies item by item, the claims."""
+    st, std, top = res["setting"], res["standard"]["probabilities"], res["top_k"]["probabilities"]
+    lines = [f"{res['paper']}: {st['items']} items, rewards {st['rewards']}, {st['behaviour']} behaviour policy, "
+             f"K = {st['k']}; {st['steps']} SGD steps of {st['batch']} logged actions, lr {st['lr']}, "
+             f"seed {st['seed']}",
+             f"{'item':>4}  {'reward':>6}  {'standard':>8}  {'top-K':>8}"]
+    for i, r in enumerate(st["rewards"]):
+        lines.append(f"{i + 1:>4}  {r:>6g}  {std[i]:>8.4f}  {top[i]:>8.4f}")
+    lines += [f"{name}: {'yes' if ok else 'NO'}" for name, ok in res["claims"].items()]
+    lines.append(f"{res['seconds']} s")
+    return "\n".join(lines)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """streamrec simulate chen2019 [--steps N] [--seed S] [--lr LR] [--batch B] [--cap C] [--json]."""
+    from models.offpolicy import chen2019
+
+    _set_threads(args.threads if args.threads is not None else 1)  # ten logits: one thread is the fastest
+    t0 = time.perf_counter()
+    res = chen2019(steps=args.steps, lr=args.lr, seed=args.seed, batch=args.batch, cap=args.cap)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(res) if args.json else _fmt_simulation(res))
+    return 0
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """Overrides shared by train (None means: keep the preset's value)."""
     g = p.add_argument_group("model / optimisation overrides (default: the preset's value)")
@@ -522,6 +548,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_train_flags(p)
     p.set_defaults(func=_guard(cmd_longterm))
+
+    p = subparsers.add_parser("simulate", parents=[thr],
+                              help="off-policy REINFORCE on a known-reward simulation: chen2019 is Chen et al. 2019 "
+                                   "§6.1.2 (10 items, uniform behaviour policy), standard vs top-K correction")
+    p.add_argument("setting", choices=["chen2019"])
+    p.add_argument("--steps", type=int, default=1000, help="SGD steps (default %(default)s)")
+    p.add_argument("--batch", type=int, default=2048, help="logged actions per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which actions the behaviour policy logs")
+    p.add_argument("--cap", type=float, default=None, help="cap on the importance weight pi/beta (default: none)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=_guard(cmd_simulate))
 
     p = subparsers.add_parser("tune", parents=[thr], help="optuna search on train/validation; writes a preset")
     p.add_argument("train", metavar="TRAIN_TSV")

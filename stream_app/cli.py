@@ -138,7 +138,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Modules that add their own sub-commands with ``register(subparsers)``; each is
 # imported only when the parser is built, and imports its heavy parts lazily.
-COMMAND_MODULES = ("stream_app.offline_cli", "stream_app.lab.chaos", "stream_app.lab.bench", "stream_app.lab.agreement")
+COMMAND_MODULES = ("stream_app.offline_cli", "stream_app.lab.chaos", "stream_app.lab.bench", "stream_app.lab.agreement",
+                   "stream_app.lab.swap")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,23 +98,35 @@ def save_checkpoint(
         # otherwise be pickled as classes that weights_only loading rejects)
         "meta": json.loads(json.dumps(dict(meta, version=version), default=str)),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_data(path, payload)
     return version
+
+
+def write_data(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """A data-only file (tensors, strings, numbers, lists, dicts) written atomically: a temporary file, a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, p)
+
+
+def read_data(path: str | os.PathLike[str], error: type[ValueError], what: str) -> Any:
+    """A data-only file read back without running code (``weights_only``); a missing or unreadable file is one
+    ``error`` line naming ``what`` it should have been."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem means a bad file
+        raise error(f"cannot read {what} {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint into an eval-mode CPU model; every failure is a one-line CheckpointError."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem means a bad file
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    data = read_data(p, CheckpointError, "checkpoint")
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {p} is not a streamrec checkpoint (top level is {type(data).__name__})")
     missing = {"format_version", "config", "state_dict", "item_ids", "item_counts", "meta"} - set(data)

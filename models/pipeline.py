@@ -151,7 +151,7 @@ def train_ranker(ckpt_path: str, out_path: str, valid_path: str | None = None, t
         evaluate_scorer(ckpt.model, valid, n, None, probe=collector)
         source = {"valid": str(valid_path), "train": str(train_path or ckpt.meta.get("train_path"))}
     booster = fit_ranker(collector, params, log=log)
-    meta = {"queries": len(collector.groups), "predictions_seen": collector.seen,
+    meta = {"queries": len(collector.groups), "predictions_seen": collector.seen, "trees": booster.best_iteration or booster.num_trees(),
             "target_in_candidates": collector.inside, "params": params.__dict__, **source,
             "seconds": round(time.perf_counter() - t0, 1)}
     save_ranker(out_path, booster, recall, stats, ckpt.version, meta)

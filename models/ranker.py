@@ -21,7 +21,9 @@ The network orders items by one score. The ranker re-orders each click's candida
 
 Training (``fit_ranker``): queries are predictions of a part the network was not trained on (a
 validation split, or each user's validation item); a query whose target is outside its candidates
-teaches nothing and is dropped. The booster is plain data (LightGBM's model text), saved beside the
+teaches nothing and is dropped. A fifth of the queries is held out to choose the number of trees
+(at most ``trees``; training stops when their NDCG@10 has not improved for 30 rounds): fewer
+trees are cheaper to serve. The booster is plain data (LightGBM's model text), saved beside the
 recall tables in one data-only file (``save_ranker`` / ``load_ranker``, torch ``weights_only``).
 
 Offline figures (``RankingProbe``): on the same candidates, NDCG@10, MRR@20 and HR@20 of the ranker's
@@ -160,6 +162,8 @@ class RankerParams:
     leaves: int = 31
     min_child_samples: int = 100
     max_queries: int = 20000
+    held_out: float = 0.2  # share of the training queries that choose the number of trees (early stopping)
+    patience: int = 30
     seed: int = 0
 
 
@@ -214,12 +218,23 @@ def fit_ranker(collector: Collector, params: RankerParams = RankerParams(), log:
     if log is not None:
         log(f"ranker: {len(collector.groups)} queries ({collector.inside} of {collector.seen} predictions had the "
             f"target among their candidates), {len(x)} rows, {len(FEATURES)} features")
-    data = lgb.Dataset(x, y, group=collector.groups, feature_name=list(FEATURES), free_raw_data=True)
-    return lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10, 20], "learning_rate": params.learning_rate,
-                      "num_leaves": params.leaves, "min_child_samples": params.min_child_samples,
-                      "lambdarank_truncation_level": 20, "seed": params.seed, "deterministic": True,
-                      "num_threads": torch.get_num_threads(), "verbosity": -1},
-                     data, num_boost_round=params.trees)
+    groups = np.asarray(collector.groups)
+    held = np.random.default_rng(params.seed).random(len(groups)) < params.held_out  # queries that pick the trees
+    if held.all() or not held.any():
+        held[:] = False
+    rows = np.repeat(held, groups)
+    train = lgb.Dataset(x[~rows], y[~rows], group=groups[~held], feature_name=list(FEATURES), free_raw_data=True)
+    valid = [lgb.Dataset(x[rows], y[rows], group=groups[held], reference=train)] if held.any() else []
+    booster = lgb.train({"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "learning_rate": params.learning_rate,
+                         "num_leaves": params.leaves, "min_child_samples": params.min_child_samples,
+                         "lambdarank_truncation_level": 20, "seed": params.seed, "deterministic": True,
+                         "num_threads": torch.get_num_threads(), "verbosity": -1},
+                        train, num_boost_round=params.trees, valid_sets=valid,
+                        callbacks=[lgb.early_stopping(params.patience, verbose=False)] if valid else [])
+    if log is not None and valid:
+        log(f"ranker: {booster.best_iteration} trees kept (NDCG@10 of the {int(held.sum())} held-out queries stopped "
+            f"improving for {params.patience} rounds)")
+    return booster
 
 
 @dataclass
@@ -258,24 +273,19 @@ def save_ranker(path: str | os.PathLike[str], booster: Any, recall: RecallConfig
         "attribute_neighbours": stats.attrs.to_data() if stats.attrs is not None else None,
         "meta": json.loads(json.dumps(meta, default=str)),
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, p)
+    from models.checkpoint import write_data
+
+    write_data(path, payload)
 
 
 def load_ranker(path: str | os.PathLike[str], ckpt: Any) -> Ranker:
     """Load a ranker for a loaded checkpoint; every failure is one RankerError line."""
     import lightgbm as lgb
 
+    from models.checkpoint import read_data
+
     p = Path(path)
-    if not p.is_file():
-        raise RankerError(f"ranker not found: {p}")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem means a bad file
-        raise RankerError(f"cannot read ranker {p}: {type(e).__name__}") from e
+    data = read_data(p, RankerError, "ranker")
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
         raise RankerError(f"{p} is not a streamrec ranker of format {FORMAT_VERSION}")
     if data["features"] != list(FEATURES):

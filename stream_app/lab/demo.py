@@ -132,8 +132,10 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             print(f"[demo] embedded broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
         data_dir = work / "worker-data"
         shutil.rmtree(data_dir, ignore_errors=True)
+        served = work / "serving.pt"  # the file the worker watches: a checkpoint renamed over it is hot-swapped in
+        shutil.copyfile(model_path, served)
         settings = settings.model_copy(update={
-            "model": settings.model.model_copy(update={"path": model_path}),
+            "model": settings.model.model_copy(update={"path": served, "watch_s": settings.model.watch_s or 2.0}),
             "worker": settings.worker.model_copy(update={"data_dir": data_dir, "web_port": free_port(),
                                                          "app_id": f"streamrec-demo-{int(time.time())}"}),
         })
@@ -150,6 +152,8 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"[demo] by hand, from another shell: STREAMREC_KAFKA__BOOTSTRAP_SERVERS="
               f"{settings.kafka.bootstrap_servers} STREAMREC_TOPICS__ITEMS={settings.topics.items} .venv/bin/streamrec "
               "replay --catalogue FILE (docs/input.md#catalogue; --rate 20 gives you minutes)", flush=True)
+        print(f"[demo] hot swap by hand: cp NEW.pt {served}.tmp && mv {served}.tmp {served} (checked every "
+              f"{settings.model.watch_s:g} s; docs/learning.md#hot-swap-a-new-model-without-losing-users)", flush=True)
 
         clicks = read_log(data / "test.tsv", limit=args.limit or None)
         per_user: dict[str, list[str]] = {}

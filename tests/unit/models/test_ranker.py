@@ -97,7 +97,7 @@ def test_cli_ranker_on_user_sequences(tmp_path: Path, capsys: pytest.CaptureFixt
     assert offline_main(["ranker", str(ck), "--sequences", str(seq), "--out", str(tmp_path / "r.pt"), "--trees", "10",
                          "--candidates", "20", "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
-    assert meta["queries"] > 0 and set(meta["importance"]) == set(FEATURES)
+    assert meta["queries"] > 0 and set(meta["importance"]) == set(FEATURES) and 1 <= meta["trees"] <= 10
     assert offline_main(["evaluate", str(ck), "--sequences", str(seq), "--ranker", str(tmp_path / "r.pt"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["ranking"]) >= {"ranker", "network", "candidates_recall"} and res["ranking"]["recall"]["size"] == 20

@@ -404,6 +404,51 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt_ope(res: dict[str, Any]) -> str:
+    """``streamrec ope`` without --json: each direction's on-policy value and the three estimates."""
+    st = res["settings"]
+    lines = [f"Open Bandit Dataset sample, campaign {res['campaign']}: {res['rounds']['random']} Random rounds, "
+             f"{res['rounds']['bts']} Bernoulli TS rounds, {res['items']} items; {st['runs']} bootstrap runs"]
+    for key in ("random_to_bts", "bts_to_random"):
+        d = res[key]
+        on = d["on_policy"]
+        lines.append(f"{d['evaluation']} from the {d['behaviour']} log: on-policy {on['value']:.5f} "
+                     f"[{on['ci'][0]:.5f}, {on['ci'][1]:.5f}] ({on['clicks']} clicks); "
+                     f"effective sample size {d['weights']['effective_sample_size']:.0f}")
+        for name, e in d["estimators"].items():
+            runs = e["relative_error_runs"]
+            spread = f"  over runs {runs['mean']:.3f} +- {runs['std']:.3f}" if runs else ""
+            rel = "n/a" if e["relative_error"] is None else f"{e['relative_error']:.3f}"
+            lines.append(f"  {name:<6} {e['estimate']:.5f} [{e['ci'][0]:.5f}, {e['ci'][1]:.5f}]  "
+                         f"relative error {rel}{spread}")
+    lines.append(f"{res['seconds']} s")
+    return "\n".join(lines)
+
+
+def cmd_ope(args: argparse.Namespace) -> int:
+    """streamrec ope [--campaign all] [--runs N] [--wheel WHL] [--json]."""
+    from pathlib import Path
+
+    from models.ope import OBD_TERMS, fetch_wheel, obd_check
+
+    _set_threads(args.threads if args.threads is not None else 1)
+    if args.runs < 0 or args.bootstrap < 1 or args.n_sim < 1:
+        raise ValueError("--runs takes 0 or more, --bootstrap and --n-sim 1 or more")
+    if args.wheel:
+        wheel = Path(args.wheel)
+    else:
+        from stream_app.settings import Settings
+
+        wheel = fetch_wheel(Settings().lab.cache_dir / "wheels", log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"[data] {OBD_TERMS}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    res = obd_check(wheel, campaign=args.campaign, runs=args.runs, n_bootstrap=args.bootstrap, n_sim=args.n_sim,
+                    seed=args.seed)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(res) if args.json else _fmt_ope(res))
+    return 0
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """Overrides shared by train (None means: keep the preset's value)."""
     g = p.add_argument_group("model / optimisation overrides (default: the preset's value)")
@@ -560,6 +605,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cap", type=float, default=None, help="cap on the importance weight pi/beta (default: none)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=_guard(cmd_simulate))
+
+    p = subparsers.add_parser("ope", parents=[thr],
+                              help="off-policy estimates (IPS, SNIPS, DR; obp) against on-policy values on the Open "
+                                   "Bandit Dataset sample: Bernoulli TS from the Random log and Random from the BTS log")
+    p.add_argument("--campaign", choices=["all", "men", "women"], default="all")
+    p.add_argument("--runs", type=int, default=20,
+                   help="bootstrap resamples of the behaviour log for the spread of the relative error (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for each confidence interval (default %(default)s)")
+    p.add_argument("--n-sim", type=int, default=100_000,
+                   help="Monte Carlo draws of Bernoulli TS for its action distribution (default %(default)s)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--wheel", metavar="WHL", help="the obp 0.4.1 wheel (default: fetched into var/datasets/wheels)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=_guard(cmd_ope))
 
     p = subparsers.add_parser("tune", parents=[thr], help="optuna search on train/validation; writes a preset")
     p.add_argument("train", metavar="TRAIN_TSV")

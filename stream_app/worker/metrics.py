@@ -64,7 +64,7 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "Metrics":
         r = registry
-        return cls(
+        m = cls(
             registry=r,
             clicks=Counter("streamrec_clicks_consumed", "Click messages read from the clicks topic", registry=r),
             published=Counter("streamrec_recommendations_published", "Recommendation lists sent",
@@ -134,3 +134,6 @@ class Metrics:
             short_lists=Counter("streamrec_short_lists", "Lists published with fewer than k items: the candidates "
                                 "ran out after exclusions, unavailable items and caps", registry=r),
         )
+        for outcome in ("swapped", "failed"):  # exported at 0 from the start: a dashboard sees no swap yet
+            m.model_swaps.labels(outcome)
+        return m

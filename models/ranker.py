@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from models.beyond import attribute_mix, unit_rows
-from models.recall import SOURCE_BITS, Candidates, Neighbours, RecallConfig, merge
+from models.recall import SOURCE_BITS, Candidates, Neighbours, RecallConfig, last_items, merge, used_shares
 
 FORMAT_VERSION = 1
 FEATURES = ("score", "score_gap", "network_rank", "log_pop", "log_recent", "covis_last", "covis_recent",
@@ -188,7 +188,7 @@ class Collector:
         sel = torch.from_numpy(pick)
         sc, tg = scores[sel], targets[sel]
         hist = [history[i] for i in pick]
-        cand = merge(sc, _last(hist), self.recall, self.stats.covis, self.stats.attrs)
+        cand = merge(sc, last_items(hist), self.recall, self.stats.covis, self.stats.attrs)
         ok = cand.contains(tg)
         self.inside += int(ok.sum())
         if not ok.any():
@@ -202,10 +202,6 @@ class Collector:
             self.x.append(feats[r][v].numpy())
             self.y.append(label[r][v].numpy())
             self.groups.append(int(v.sum()))
-
-
-def _last(history: Sequence[np.ndarray]) -> Tensor:
-    return torch.tensor([int(h[-1]) if len(h) else -1 for h in history], dtype=torch.long)
 
 
 def fit_ranker(collector: Collector, params: RankerParams = RankerParams(), log: Any = print) -> Any:
@@ -314,7 +310,7 @@ class RankingProbe:
 
     def __call__(self, scores: Tensor, history: list[np.ndarray], targets: Tensor) -> None:
         r = self.ranker
-        cand = merge(scores, _last(history), r.recall, r.stats.covis, r.stats.attrs)
+        cand = merge(scores, last_items(history), r.recall, r.stats.covis, r.stats.attrs)
         hit = (cand.items == targets[:, None]) & cand.valid  # (B, C)
         found = hit.any(dim=1)
         col = hit.to(torch.int64).argmax(dim=1)  # (B,)
@@ -333,7 +329,8 @@ class RankingProbe:
                          "hr@20": float((p <= 20).sum() / n)}
         first = self.pos["ranker"]
         out["candidates_recall"] = float((np.concatenate(first) < 10**9).mean()) if first else 0.0
-        out["recall"] = asdict(self.ranker.recall)
+        r = self.ranker
+        out["recall"] = {"size": r.recall.size, **used_shares(r.recall, r.stats.covis, r.stats.attrs)}
         out["predictions"] = int(sum(len(x) for x in first))
         return out
 

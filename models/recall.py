@@ -231,6 +231,17 @@ def merge_scored(blocks: Sequence[tuple[str, Tensor, Tensor]], size: int) -> Can
     return Candidates(items, values, valid, sources)
 
 
+def last_items(history: Sequence[np.ndarray]) -> Tensor:
+    """(B,) each history's last item, -1 for an empty one (the sources' query item)."""
+    return torch.tensor([int(h[-1]) if len(h) else -1 for h in history], dtype=torch.long)
+
+
+def used_shares(config: RecallConfig, covis: Neighbours | None, attrs: Neighbours | None) -> dict[str, float]:
+    """The shares of the budget the sources really take: 0 for a source without a table."""
+    return {"covisitation": config.covisitation if covis is not None else 0.0,
+            "attributes": config.attributes if attrs is not None else 0.0}
+
+
 class RecallProbe:
     """Accumulates, over an evaluation, the share of targets inside the merged candidates at each size and
     inside the network's exact top of the same size (full ranking)."""
@@ -243,7 +254,7 @@ class RecallProbe:
         self.n = 0
 
     def add(self, scores: Tensor, history: Sequence[np.ndarray], targets: Tensor) -> None:
-        last = torch.tensor([int(h[-1]) if len(h) else -1 for h in history], dtype=torch.long)
+        last = last_items(history)
         t = scores.gather(1, targets[:, None])  # (B, 1)
         above = (scores > t).sum(dim=1) + 1  # standard rank; a -inf target is never counted as found
         found = torch.isfinite(t[:, 0])
@@ -257,12 +268,12 @@ class RecallProbe:
         n = max(self.n, 1)
         return {f"recall@{s}": self.hits[s] / n for s in self.sizes} | {
             "network_exact": {f"recall@{s}": self.exact[s] / n for s in self.sizes},
-            "shares": {"covisitation": self.config.covisitation if self.covis is not None else 0.0,
-                       "attributes": self.config.attributes if self.attrs is not None else 0.0},
+            "shares": used_shares(self.config, self.covis, self.attrs),
             "predictions": self.n,
         }
 
 
 __all__ = ["Candidates", "Neighbours", "RECALL_SIZES", "RecallConfig", "RecallProbe", "SOURCES", "SOURCE_BITS",
-           "WIDTH", "WINDOW", "attribute_neighbours", "covisitation", "merge", "merge_scored", "neighbour_blocks",
-           "top_rows"]
+           "WIDTH", "WINDOW", "attribute_neighbours", "covisitation", "last_items", "merge", "merge_scored",
+           "neighbour_blocks",
+           "top_rows", "used_shares"]

@@ -77,16 +77,26 @@ class Shell:
         if rec.model_version == self.rec.model_version:
             return
         old = self.rec.model_version
-        self.swap(rec)
+        try:
+            self.swap(rec)
+        except Exception:  # noqa: BLE001 - a bug while handing over: the old model keeps serving, whole
+            self.m.model_swaps.labels("failed").inc()
+            log.exception("the new checkpoint is not used, model %s keeps serving: handing the catalogue, profiles "
+                          "and user vectors over failed", old)
+            return
         self.m.serving(ckpt)
         self.m.model_swaps.labels("swapped").inc()
         log.info("model %s swapped in for %s: each user's state is carried over on the user's next click",
                  rec.model_version, old)
 
     def swap(self, rec: Recommender) -> None:
-        """Serve ``rec`` from the next batch on (the core is single-threaded: no batch sees both models)."""
+        """Serve ``rec`` from the next batch on (the core is single-threaded: no batch sees both models). It is
+        prepared completely before anything switches, so a failure leaves the old model serving as it was."""
+        readers = (self.catalogue, self.profiles, self.vectors)
+        for reader in readers:
+            reader.prepare(rec)
         rec.adopt(self.rec)
-        for reader in (self.catalogue, self.profiles, self.vectors):
+        for reader in readers:
             reader.handover(rec)
         self.rec = rec
 

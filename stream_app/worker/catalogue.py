@@ -81,11 +81,18 @@ class CatalogueReader:
     def key_of(self, record: Any) -> str:
         return str(record.item_id)
 
+    def prepare(self, recommender: Recommender) -> None:
+        """Apply every record read so far to a model about to be swapped in (it does not serve yet)."""
+        serving, self.rec = self.rec, recommender
+        try:
+            if self.latest:
+                self.apply(list(self.latest.values()))
+        finally:
+            self.rec = serving
+
     def handover(self, recommender: Recommender) -> None:
-        """A model swapped in: it serves from now on, with every record read so far applied to it."""
+        """The prepared model serves from now on."""
         self.rec = recommender
-        if self.latest:
-            self.apply(list(self.latest.values()))
         self.update_gauge()
 
     def applied_log(self) -> str:

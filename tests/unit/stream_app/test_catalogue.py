@@ -277,3 +277,37 @@ def test_rerankers_and_also_like_serve_new_catalogue_items(tmp_path: Path) -> No
     assert "new" not in again.items and "3" not in again.items and len(again.items) == N - 1  # recent: out
     other, _ = click(rec, "3", 2, user="v")
     assert "new" in other.items and "new" in other.also and len(other.items) == N  # the new item is served
+
+
+def test_a_model_swapped_in_gets_the_catalogue_read_so_far_and_a_failed_handover_changes_nothing() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from stream_app.settings import Settings
+    from stream_app.worker.catalogue import CatalogueReader
+    from stream_app.worker.metrics import Metrics
+
+    old, new = recommender(network()), recommender(network(seed=1))
+
+    class Producer:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes, headers: list) -> None:
+            raise AssertionError("nothing to dead-letter")
+
+    reader = CatalogueReader(old, Metrics.create(CollectorRegistry()), Settings())
+    asyncio.run(reader._apply([SimpleNamespace(topic="items", partition=0, offset=0, key=b"3",
+                                               value=b'{"available": false}')], Producer()))
+    reader.prepare(new)
+    assert new.catalogue.blocked == {3} and reader.rec is old  # prepared, not serving yet
+    reader.handover(new)
+    assert reader.rec is new
+    broken = recommender(network(seed=2))
+
+    def fail(records):  # type: ignore[no-untyped-def]
+        raise RuntimeError("injected")
+
+    broken.apply_catalogue = fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        reader.prepare(broken)
+    assert reader.rec is new  # the serving model stays
